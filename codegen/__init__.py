@@ -1,0 +1,1 @@
+"""Op generator: codegen/specs.toml -> Spec dataclasses -> templates/*.j2 -> generated/."""

@@ -1,0 +1,88 @@
+"""Renders the templates for every layer and writes ``generated/`` (only what changed)."""
+
+from __future__ import annotations
+
+import filecmp
+import tempfile
+from pathlib import Path
+
+import jinja2
+
+from .spec import BACKENDS, Layer
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+GENERATED = ROOT / "generated"
+SPECS = ROOT / "codegen" / "specs.toml"
+
+KERNEL_TEMPLATE = {"cpu": "kernel_cpu.cpp.j2", "cuda": "kernel_cuda.cu.j2"}
+REGISTRY_TEMPLATE = "registry.j2"
+REGISTRY_FILE = {"cpu": "registry_cpu.cpp", "cuda": "registry_cuda.cu"}
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_all(layers: list[Layer]) -> dict[str, str]:
+    """Maps each output path (relative to generated/) to its content."""
+    env = _environment()
+    outputs: dict[str, str] = {}
+
+    def emit(path: str, template: str, **context) -> None:
+        if path in outputs:
+            raise ValueError(f"two specs would write {path}")
+        outputs[path] = env.get_template(template).render(template_name=template, **context)
+
+    for backend in BACKENDS:
+        for layer in layers:
+            emit(layer.filename(backend), KERNEL_TEMPLATE[backend],
+                 layer=layer, specs=layer.specs(backend))
+        emit(REGISTRY_FILE[backend], REGISTRY_TEMPLATE, layers=layers,
+             backend=backend)
+    emit("sources.cmake", "sources.cmake.j2", layers=layers, registry=REGISTRY_FILE)
+    return outputs
+
+
+def write_if_changed(path: Path, content: str) -> bool:
+    if path.exists() and path.read_text() == content:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    return True
+
+
+def _existing_files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def generate(layers: list[Layer], out: Path = GENERATED) -> tuple[list[str], list[str]]:
+    """Writes outputs into ``out``; removes files no spec produces. Returns (written, removed)."""
+    outputs = render_all(layers)
+    written = [rel for rel, text in sorted(outputs.items()) if write_if_changed(out / rel, text)]
+    removed = []
+    if out.exists():
+        for rel in sorted(_existing_files(out) - set(outputs)):
+            (out / rel).unlink()
+            removed.append(rel)
+    return written, removed
+
+
+def check(layers: list[Layer], out: Path = GENERATED) -> list[str]:
+    """Returns the differences between ``out`` and a fresh render (empty when fresh)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp)
+        generate(layers, fresh)
+        want = _existing_files(fresh)
+        have = _existing_files(out) if out.exists() else set()
+        problems = [f"missing: generated/{rel}" for rel in sorted(want - have)]
+        problems += [f"stale extra file: generated/{rel}" for rel in sorted(have - want)]
+        problems += [f"out of date: generated/{rel}" for rel in sorted(want & have)
+                     if not filecmp.cmp(fresh / rel, out / rel, shallow=False)]
+    return problems

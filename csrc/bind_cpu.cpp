@@ -1,0 +1,25 @@
+// pybind11 module inverseflow._cpu: the CPU backend.
+#include "invconv/bind_common.h"
+#include "invconv/cpu_solve.h"
+
+namespace {
+
+using inverseflow::cpu::solve;
+
+// The generic (runtime-shape) kernels: the same code with no compile-time sizes.
+const inverseflow::GenericTable kGeneric = {
+    {&solve<float, 0, 0, 0, false>, &solve<float, 0, 0, 0, true>},
+    {&solve<double, 0, 0, 0, false>, &solve<double, 0, 0, 0, true>},
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+  m.doc() = "inverseflow CPU kernels (raw pointers; use inverseflow.inv_conv2d)";
+  inverseflow::define_common(m, kGeneric);
+#if defined(_OPENMP)
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+}

@@ -1,0 +1,214 @@
+// CPU inverse-convolution solve (DESIGN.md §3 "CPU").
+//
+// Samples sit in the SIMD lanes: a work item packs up to `Lanes` samples of one channel
+// group into a padded buffer laid out [h][w][c][lane], solves it in raster order (every
+// step a full-width FMA, no cross-lane work), and unpacks. OpenMP spreads work items
+// (lane blocks × groups) over threads. Template arguments of 0 mean "given at run time":
+// that instantiation is the generic kernel, the others are the generated specializations.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "invconv/common.h"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace inverseflow::cpu {
+
+template <typename T, int Lanes>
+struct Vec {
+  typedef T type __attribute__((vector_size(sizeof(T) * Lanes)));
+};
+template <typename T>
+struct Vec<T, 1> {
+  using type = T;
+};
+
+// Full-width blocks fill a 64-byte vector; leftovers use one lane.
+template <typename T>
+constexpr int kWideLanes = 64 / int(sizeof(T));
+
+// Largest divisor of cg that is at most 16: output channels are computed in chunks of
+// this many accumulators so that they stay in registers.
+constexpr int chunk_for(int cg) {
+  for (int d = cg < 16 ? cg : 16; d > 1; --d)
+    if (cg % d == 0) return d;
+  return 1;
+}
+
+struct Geometry {
+  int64_t height, width;  // image
+  int64_t padded_width;   // width + kw - 1
+  int kh, kw, cg;
+};
+
+// Solves one packed block in place. On entry the interior of `buf` holds y (top-left
+// form) and its border is zero; on exit the interior holds x.
+template <typename T, int Lanes, int CG, int KH, int KW, bool Transposed>
+void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Geometry& g) {
+  using V = typename Vec<T, Lanes>::type;
+  constexpr bool kStatic = CG > 0 && KH > 0 && KW > 0;
+  const int cg = kStatic ? CG : g.cg;
+  const int kh = kStatic ? KH : g.kh;
+  const int kw = kStatic ? KW : g.kw;
+  const int center = (kh - 1) * kw + (kw - 1);
+  const int64_t pw = g.padded_width;
+  const int64_t cc = int64_t(cg) * cg;
+  constexpr int kChunk = kStatic ? chunk_for(CG) : 1;
+  const int chunk = kStatic ? kChunk : cg;
+  std::vector<V> heap_acc(kStatic ? 0 : cg);
+
+  for (int64_t h = 0; h < g.height; ++h) {
+    for (int64_t w = 0; w < g.width; ++w) {
+      V* out = buf + ((h + kh - 1) * pw + (w + kw - 1)) * cg;
+      for (int c0 = 0; c0 < cg; c0 += chunk) {
+        V reg_acc[kChunk];
+        V* acc = kStatic ? reg_acc : heap_acc.data();
+        // y' = Linv·y over the triangle that can be non-zero only (lower for the solve,
+        // upper for the transposed solve), so a NaN in channel c' reaches just the
+        // channels that depend on it.
+        const T* lin = folded + center * cc;
+#pragma GCC unroll 16
+        for (int c = 0; c < chunk; ++c) {
+          const int co = c0 + c;
+          const int lo = Transposed ? co : 0, hi = Transposed ? cg - 1 : co;
+          V s = out[co] * lin[co * cg + co];
+          for (int cp = lo; cp <= hi; ++cp)
+            if (cp != co) s += out[cp] * lin[co * cg + cp];
+          acc[c] = s;
+        }
+        for (int a = 0; a < kh; ++a) {
+          for (int b = 0; b < kw; ++b) {
+            const int t = a * kw + b;
+            if (t == center) continue;
+            const V* src = buf + ((h + a) * pw + (w + b)) * cg;
+            const T* wt = folded + t * cc + int64_t(c0) * cg;
+            for (int cp = 0; cp < cg; ++cp) {
+              const V xv = src[cp];
+#pragma GCC unroll 16
+              for (int c = 0; c < chunk; ++c) acc[c] -= wt[c * cg + cp] * xv;
+            }
+          }
+        }
+        if (kStatic) {
+#pragma GCC unroll 16
+          for (int c = 0; c < chunk; ++c) out[c0 + c] = acc[c];
+        }
+      }
+      if (!kStatic)
+        for (int c = 0; c < cg; ++c) out[c] = heap_acc[c];
+    }
+  }
+}
+
+template <typename T, int Lanes, int CG, int KH, int KW, bool Transposed>
+void solve_block(const SolveArgs& args, const T* folded_all, int64_t b0, int nb, int group,
+                 std::vector<typename Vec<T, Lanes>::type>& buf) {
+  using V = typename Vec<T, Lanes>::type;
+  const int G = num_groups(args.pattern);
+  const int cg = int(args.channels / G);
+  const int kh = args.kh, kw = args.kw;
+  const int64_t H = args.height, W = args.width, C = args.channels;
+  const int64_t pw = W + kw - 1;
+  const int64_t plane = H * W;
+  const int corner = group_corner(args.pattern, group);
+  const bool fr = flips_rows(corner, Transposed), fc = flips_cols(corner, Transposed);
+  const Geometry geo{H, W, pw, kh, kw, cg};
+
+  const size_t need = size_t((H + kh - 1) * pw * cg);
+  if (buf.size() != need) buf.assign(need, V{});
+  else std::memset(static_cast<void*>(buf.data()), 0, need * sizeof(V));
+  T* lanes = reinterpret_cast<T*>(buf.data());
+
+  const T* y = static_cast<const T*>(args.y);
+  for (int s = 0; s < nb; ++s) {
+    for (int c = 0; c < cg; ++c) {
+      const T* src = y + ((b0 + s) * C + int64_t(group) * cg + c) * plane;
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t hh = (fr ? H - 1 - h : h) + kh - 1;
+        T* row = lanes + ((hh * pw + kw - 1) * cg + c) * Lanes + s;
+        const T* srow = src + h * W;
+        if (fc) {
+          for (int64_t w = 0; w < W; ++w) row[(W - 1 - w) * cg * Lanes] = srow[w];
+        } else {
+          for (int64_t w = 0; w < W; ++w) row[w * cg * Lanes] = srow[w];
+        }
+      }
+    }
+  }
+
+  solve_packed<T, Lanes, CG, KH, KW, Transposed>(buf.data(),
+                                     folded_all + int64_t(group) * kh * kw * cg * cg, geo);
+
+  T* x = static_cast<T*>(args.x);
+  for (int s = 0; s < nb; ++s) {
+    for (int c = 0; c < cg; ++c) {
+      T* dst = x + ((b0 + s) * C + int64_t(group) * cg + c) * plane;
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t hh = (fr ? H - 1 - h : h) + kh - 1;
+        const T* row = lanes + ((hh * pw + kw - 1) * cg + c) * Lanes + s;
+        T* drow = dst + h * W;
+        if (fc) {
+          for (int64_t w = 0; w < W; ++w) drow[w] = row[(W - 1 - w) * cg * Lanes];
+        } else {
+          for (int64_t w = 0; w < W; ++w) drow[w] = row[w * cg * Lanes];
+        }
+      }
+    }
+  }
+}
+
+// Entry point for one specialization (or, with zeros, the generic kernel).
+template <typename T, int CG, int KH, int KW, bool Transposed>
+void solve(const SolveArgs& args) {
+  const int G = num_groups(args.pattern);
+  const int cg = int(args.channels / G);
+  const int kh = args.kh, kw = args.kw;
+  const int64_t taps = int64_t(kh) * kw;
+  if (args.batch == 0 || args.channels == 0 || args.height == 0 || args.width == 0) return;
+
+  std::vector<T> folded(size_t(G * taps * cg * cg));
+  std::vector<T> linv(size_t(cg * cg));
+  const T* weight = static_cast<const T*>(args.weight);
+  for (int g = 0; g < G; ++g)
+    fold_group_weights<T>(weight + int64_t(g) * cg * cg * taps, cg, kh, kw,
+                          group_corner(args.pattern, g), Transposed,
+                          folded.data() + g * taps * cg * cg, linv.data());
+
+  constexpr int L = kWideLanes<T>;
+  // Samples go in full-width blocks; a short tail runs one sample at a time unless it
+  // fills at least a quarter of a block.
+  const int64_t full = args.batch / L;
+  const int64_t tail = args.batch - full * L;
+  const bool tail_wide = tail * 4 >= L;
+  const int64_t wide_blocks = full + (tail_wide && tail > 0 ? 1 : 0);
+  const int64_t narrow = tail_wide ? 0 : tail;
+  const int64_t items = (wide_blocks + narrow) * G;
+  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(args.num_threads, items)));
+  const T* fp = folded.data();
+
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<typename Vec<T, L>::type> wide_buf;
+    std::vector<T> narrow_buf;
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int group = int(item % G);
+      const int64_t block = item / G;
+      if (block < wide_blocks) {
+        const int64_t b0 = block * L;
+        const int nb = int(std::min<int64_t>(L, args.batch - b0));
+        solve_block<T, L, CG, KH, KW, Transposed>(args, fp, b0, nb, group, wide_buf);
+      } else {
+        const int64_t b0 = full * L + (block - wide_blocks);
+        solve_block<T, 1, CG, KH, KW, Transposed>(args, fp, b0, 1, group, narrow_buf);
+      }
+    }
+  }
+}
+
+}  // namespace inverseflow::cpu

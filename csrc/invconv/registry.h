@@ -1,0 +1,19 @@
+// One row of a generated registry (generated/registry_<backend>.*): a specialization and
+// its function. The tables are the only place that maps specs to code.
+#pragma once
+
+#include "invconv/common.h"
+
+namespace inverseflow {
+
+struct SpecEntry {
+  int kh, kw, channels, pattern, dtype, direction;
+  const char* name;
+  SolveFn fn;
+};
+
+// Defined in the generated registry of each backend.
+extern const SpecEntry kSpecializations[];
+extern const int kNumSpecializations;
+
+}  // namespace inverseflow

@@ -1,0 +1,10 @@
+"""inverseflow: fast inverse convolutions for normalizing flows.
+
+Implements Nagar & Varma, "Parallel Backpropagation for Inverse of a Convolution with
+Application to Normalizing Flows" (AISTATS 2025).
+"""
+
+from .ops import causal_conv2d, inv_conv2d
+
+__all__ = ["inv_conv2d", "causal_conv2d"]
+__version__ = "0.1.0"

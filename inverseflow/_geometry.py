@@ -1,0 +1,74 @@
+"""Corner geometry and the mask M of DESIGN.md §2, as differentiable torch code."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+QUAD_CORNERS = ("TL", "TR", "BL", "BR")
+
+
+def padding(corner: str, kh: int, kw: int) -> tuple[int, int, int, int]:
+    """``F.pad`` tuple (left, right, top, bottom) for a corner."""
+    left = kw - 1 if corner in ("TL", "BL") else 0
+    top = kh - 1 if corner in ("TL", "TR") else 0
+    return left, kw - 1 - left, top, kh - 1 - top
+
+
+def center(corner: str, kh: int, kw: int) -> tuple[int, int]:
+    return (kh - 1 if corner in ("TL", "TR") else 0, kw - 1 if corner in ("TL", "BL") else 0)
+
+
+def groups(order: str, channels: int) -> list[tuple[str, slice]]:
+    """``(corner, channel slice)`` for each channel group of an order."""
+    if order != "quad":
+        return [(order, slice(0, channels))]
+    cg = channels // 4
+    return [(corner, slice(g * cg, (g + 1) * cg)) for g, corner in enumerate(QUAD_CORNERS)]
+
+
+def _center_parts(weight: torch.Tensor, order: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep, identity): keep is 0 where M overrides the weight, identity is M's diagonal."""
+    rows, cols, kh, kw = weight.shape
+    keep = torch.ones(weight.shape, dtype=weight.dtype, device=weight.device)
+    identity = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
+    strict_lower = torch.ones(cols, cols, dtype=weight.dtype, device=weight.device).tril(-1)
+    eye = torch.eye(cols, dtype=weight.dtype, device=weight.device)
+    for corner, part in groups(order, rows):
+        ci, cj = center(corner, kh, kw)
+        keep[part, :, ci, cj] = strict_lower
+        identity[part, :, ci, cj] = eye
+    return keep, identity
+
+
+def masked_weight(weight: torch.Tensor, order: str) -> torch.Tensor:
+    """M(W): the center tap becomes unit lower triangular; gradients to masked entries are 0."""
+    keep, identity = _center_parts(weight, order)
+    return weight * keep + identity
+
+
+def mask_gradient(grad: torch.Tensor, order: str) -> torch.Tensor:
+    keep, _ = _center_parts(grad, order)
+    return grad * keep
+
+
+def causal_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:
+    """conv2d with corner padding, on an already masked weight."""
+    kh, kw = weight_m.shape[2], weight_m.shape[3]
+    if order != "quad":
+        return F.conv2d(F.pad(x, padding(order, kh, kw)), weight_m)
+    parts = [F.conv2d(F.pad(x[:, part], padding(corner, kh, kw)), weight_m[part])
+             for corner, part in groups(order, x.shape[1])]
+    return torch.cat(parts, dim=1)
+
+
+def conv_weight_grad(inp: torch.Tensor, grad_out: torch.Tensor, weight_shape, order: str):
+    """d<grad_out, causal_conv(inp, W)>/dW, unmasked (the standard conv weight gradient)."""
+    kh, kw = weight_shape[2], weight_shape[3]
+    parts = []
+    for corner, part in groups(order, inp.shape[1]):
+        cg = part.stop - part.start
+        parts.append(torch.nn.grad.conv2d_weight(
+            F.pad(inp[:, part], padding(corner, kh, kw)), (cg, weight_shape[1], kh, kw),
+            grad_out[:, part]))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
