@@ -62,8 +62,12 @@ def _existing_files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
 
-def generate(layers: list[Layer], out: Path = GENERATED) -> tuple[list[str], list[str]]:
-    """Writes outputs into ``out``; removes files no spec produces. Returns (written, removed)."""
+def generate(layers: list[Layer], out: Path | None = None) -> tuple[list[str], list[str]]:
+    """Writes outputs into ``out`` (default generated/); removes files no spec produces.
+
+    Returns (written, removed) as paths relative to ``out``.
+    """
+    out = GENERATED if out is None else out
     outputs = render_all(layers)
     written = [rel for rel, text in sorted(outputs.items()) if write_if_changed(out / rel, text)]
     removed = []
@@ -74,8 +78,9 @@ def generate(layers: list[Layer], out: Path = GENERATED) -> tuple[list[str], lis
     return written, removed
 
 
-def check(layers: list[Layer], out: Path = GENERATED) -> list[str]:
+def check(layers: list[Layer], out: Path | None = None) -> list[str]:
     """Returns the differences between ``out`` and a fresh render (empty when fresh)."""
+    out = GENERATED if out is None else out
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp)
         generate(layers, fresh)

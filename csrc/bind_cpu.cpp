@@ -1,4 +1,5 @@
 // pybind11 module inverseflow._cpu: the CPU backend.
+#include "build_info.h"
 #include "invconv/bind_common.h"
 #include "invconv/cpu_solve.h"
 
@@ -17,6 +18,7 @@ const inverseflow::GenericTable kGeneric = {
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "inverseflow CPU kernels (raw pointers; use inverseflow.inv_conv2d)";
   inverseflow::define_common(m, kGeneric);
+  m.attr("build_info") = kBuildInfoJson;
 #if defined(_OPENMP)
   m.attr("openmp") = true;
 #else

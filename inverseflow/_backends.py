@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-from pathlib import Path
 
 REBUILD_HINT = ("rebuild with `pip install -v --no-build-isolation .` (or `pip install -e .`) "
                 "on a machine where nvcc is on PATH; `python -m inverseflow info` shows what "
@@ -14,10 +13,10 @@ REBUILD_HINT = ("rebuild with `pip install -v --no-build-isolation .` (or `pip i
 
 @functools.lru_cache(maxsize=None)
 def build_info() -> dict:
-    path = Path(__file__).with_name("_build_info.json")
-    if not path.exists():
-        return {"cuda": "unknown: _build_info.json is missing (package not built with CMake?)"}
-    return json.loads(path.read_text())
+    module, error = _import("_cpu")
+    if module is None:
+        return {"cuda": f"unknown: the CPU module, which records the build, is missing ({error})"}
+    return json.loads(module.build_info)
 
 
 @functools.lru_cache(maxsize=None)
