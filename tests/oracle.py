@@ -153,13 +153,16 @@ def inv_conv_transposed(g: torch.Tensor, weight: torch.Tensor, order: str) -> to
 
 
 def dependency_cone(weight: torch.Tensor, order: str, height: int, width: int,
-                    channel: int, h: int, w: int) -> torch.Tensor:
+                    channel: int, h: int, w: int, transposed: bool = False) -> torch.Tensor:
     """Boolean (C, H, W): entries of x = A^-1 y that structurally depend on y[channel, h, w].
 
     x[q] = y[q] - sum_{r != q} A[q, r] x[r] (A has unit diagonal), so x[q] depends on x[r]
     whenever A[q, r] != 0. The cone is the set reachable from the source in that graph.
+    With ``transposed`` it is the cone of u = A^-T g (the graph of A^T).
     """
     a = dense_matrix(weight.detach(), order, height, width)
+    if transposed:
+        a = a.T
     channels = weight.shape[0]
     n = channels * height * width
     adj = (a != 0) & ~torch.eye(n, dtype=torch.bool)   # adj[q, r]: q reads r

@@ -65,6 +65,10 @@ void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Geom
   for (int64_t h = 0; h < g.height; ++h) {
     for (int64_t w = 0; w < g.width; ++w) {
       V* out = buf + ((h + kh - 1) * pw + (w + kw - 1)) * cg;
+      // With several chunks, later chunks still read y from `out`, so results wait in
+      // `staged` until every chunk is done.
+      constexpr bool kChunked = kStatic && kChunk < CG;
+      V staged[kChunked ? CG : 1];
       for (int c0 = 0; c0 < cg; c0 += chunk) {
         V reg_acc[kChunk];
         V* acc = kStatic ? reg_acc : heap_acc.data();
@@ -95,10 +99,13 @@ void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Geom
           }
         }
         if (kStatic) {
+          V* dst = kChunked ? staged : out;
 #pragma GCC unroll 16
-          for (int c = 0; c < chunk; ++c) out[c0 + c] = acc[c];
+          for (int c = 0; c < chunk; ++c) dst[c0 + c] = acc[c];
         }
       }
+      if (kChunked)
+        for (int c = 0; c < cg; ++c) out[c] = staged[c];
       if (!kStatic)
         for (int c = 0; c < cg; ++c) out[c] = heap_acc[c];
     }

@@ -274,9 +274,11 @@ inline DeviceLimits device_limits(int device) {
 }
 
 // One thread per (pixel, channel) of the longest anti-diagonal, so that a step is a single
-// round of work when it fits: the walk is latency-bound by its H+W-1 barriers, not by
-// throughput. Capped at kMaxThreads, where a barrier over 16 warps starts to cost more
-// than a second round of items; at least two warps so that staging y still overlaps.
+// round of work when it fits: the walk is latency-bound by its H+W-1 barriers, and extra
+// threads would only idle at them. Capped at kMaxThreads so that the unrolled double
+// kernels keep up to 128 registers; longer diagonals take a few rounds per step. At least
+// two warps, because staging and write-back cover the whole image, not one diagonal.
+// Untuned: revisit with the benchmarks.
 inline int block_threads(int64_t height, int64_t width, int64_t cg) {
   const int64_t items = (height < width ? height : width) * cg;
   const int64_t warps = (items + 31) / 32;
