@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "invconv/common.h"
@@ -112,6 +113,120 @@ void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Geom
   }
 }
 
+// Where one block's samples live in NCHW memory and in the packed buffer.
+struct BlockLayout {
+  int64_t height, width, padded_width;
+  int64_t sample_stride, channel_stride;  // NCHW strides, in elements
+  int kh, kw, cg;
+  bool flip_rows, flip_cols;
+
+  // Index (in vectors) of the packed pixel for image row h, column w, channel c.
+  int64_t packed(int64_t h, int64_t w, int c) const {
+    const int64_t hh = (flip_rows ? height - 1 - h : h) + kh - 1;
+    const int64_t ww = (flip_cols ? width - 1 - w : w) + kw - 1;
+    return (hh * padded_width + ww) * cg + c;
+  }
+};
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define IFLOW_HAVE_SHUFFLE 1
+template <typename T, int Lanes>
+struct MaskOf {
+  using Int = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef Int type __attribute__((vector_size(sizeof(T) * Lanes)));
+};
+
+// In-register transpose of a Lanes x Lanes tile: log2(Lanes) rounds of two-input
+// shuffles, each round swapping the off-diagonal sub-blocks of width b.
+template <typename T, int Lanes>
+inline void transpose_tile(typename Vec<T, Lanes>::type* rows) {
+  using V = typename Vec<T, Lanes>::type;
+  using M = typename MaskOf<T, Lanes>::type;
+#pragma GCC unroll 8
+  for (int b = Lanes / 2; b >= 1; b /= 2) {
+    M lo, hi;
+#pragma GCC unroll 16
+    for (int p = 0; p < Lanes; ++p) {
+      const int seg = p / (2 * b) * 2 * b, off = p % (2 * b);
+      lo[p] = off < b ? seg + off : Lanes + seg + off - b;
+      hi[p] = off < b ? seg + b + off : Lanes + seg + off;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < Lanes; ++i) {
+      if (i & b) continue;
+      const V a = rows[i], c = rows[i + b];
+      rows[i] = __builtin_shuffle(a, c, lo);
+      rows[i + b] = __builtin_shuffle(a, c, hi);
+    }
+  }
+}
+#endif
+
+// NCHW samples -> packed [h][w][c][lane] (top-left form). Lanes past nb stay zero.
+template <typename T, int Lanes>
+void pack_block(const T* y, int nb, const BlockLayout& l, typename Vec<T, Lanes>::type* buf) {
+  using V = typename Vec<T, Lanes>::type;
+#if defined(IFLOW_HAVE_SHUFFLE)
+  if constexpr (Lanes > 1) {
+    // Tiles of Lanes samples x Lanes columns, transposed in registers.
+    for (int c = 0; c < l.cg; ++c) {
+      for (int64_t h = 0; h < l.height; ++h) {
+        const T* row0 = y + c * l.channel_stride + h * l.width;
+        for (int64_t w0 = 0; w0 < l.width; w0 += Lanes) {
+          const int n = int(std::min<int64_t>(Lanes, l.width - w0));
+          V tile[Lanes];
+          for (int s = 0; s < Lanes; ++s) {
+            tile[s] = V{};
+            if (s < nb) std::memcpy(&tile[s], row0 + s * l.sample_stride + w0, n * sizeof(T));
+          }
+          transpose_tile<T, Lanes>(tile);
+          for (int j = 0; j < n; ++j) buf[l.packed(h, w0 + j, c)] = tile[j];
+        }
+      }
+    }
+    return;
+  }
+#endif
+  T* lanes = reinterpret_cast<T*>(buf);
+  for (int s = 0; s < nb; ++s)
+    for (int c = 0; c < l.cg; ++c)
+      for (int64_t h = 0; h < l.height; ++h) {
+        const T* src = y + s * l.sample_stride + c * l.channel_stride + h * l.width;
+        for (int64_t w = 0; w < l.width; ++w) lanes[l.packed(h, w, c) * Lanes + s] = src[w];
+      }
+}
+
+// Packed [h][w][c][lane] -> NCHW samples, the inverse of pack_block for lanes < nb.
+template <typename T, int Lanes>
+void unpack_block(const typename Vec<T, Lanes>::type* buf, int nb, const BlockLayout& l, T* x) {
+  using V = typename Vec<T, Lanes>::type;
+#if defined(IFLOW_HAVE_SHUFFLE)
+  if constexpr (Lanes > 1) {
+    for (int c = 0; c < l.cg; ++c) {
+      for (int64_t h = 0; h < l.height; ++h) {
+        T* row0 = x + c * l.channel_stride + h * l.width;
+        for (int64_t w0 = 0; w0 < l.width; w0 += Lanes) {
+          const int n = int(std::min<int64_t>(Lanes, l.width - w0));
+          V tile[Lanes];
+          for (int j = 0; j < Lanes; ++j) tile[j] = j < n ? buf[l.packed(h, w0 + j, c)] : V{};
+          transpose_tile<T, Lanes>(tile);
+          for (int s = 0; s < nb; ++s)
+            std::memcpy(row0 + s * l.sample_stride + w0, &tile[s], n * sizeof(T));
+        }
+      }
+    }
+    return;
+  }
+#endif
+  const T* lanes = reinterpret_cast<const T*>(buf);
+  for (int s = 0; s < nb; ++s)
+    for (int c = 0; c < l.cg; ++c)
+      for (int64_t h = 0; h < l.height; ++h) {
+        T* dst = x + s * l.sample_stride + c * l.channel_stride + h * l.width;
+        for (int64_t w = 0; w < l.width; ++w) dst[w] = lanes[l.packed(h, w, c) * Lanes + s];
+      }
+}
+
 template <typename T, int Lanes, int CG, int KH, int KW, bool Transposed>
 void solve_block(const SolveArgs& args, const T* folded_all, int64_t b0, int nb, int group,
                  std::vector<typename Vec<T, Lanes>::type>& buf) {
@@ -129,44 +244,15 @@ void solve_block(const SolveArgs& args, const T* folded_all, int64_t b0, int nb,
   const size_t need = size_t((H + kh - 1) * pw * cg);
   if (buf.size() != need) buf.assign(need, V{});
   else std::memset(static_cast<void*>(buf.data()), 0, need * sizeof(V));
-  T* lanes = reinterpret_cast<T*>(buf.data());
 
-  const T* y = static_cast<const T*>(args.y);
-  for (int s = 0; s < nb; ++s) {
-    for (int c = 0; c < cg; ++c) {
-      const T* src = y + ((b0 + s) * C + int64_t(group) * cg + c) * plane;
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t hh = (fr ? H - 1 - h : h) + kh - 1;
-        T* row = lanes + ((hh * pw + kw - 1) * cg + c) * Lanes + s;
-        const T* srow = src + h * W;
-        if (fc) {
-          for (int64_t w = 0; w < W; ++w) row[(W - 1 - w) * cg * Lanes] = srow[w];
-        } else {
-          for (int64_t w = 0; w < W; ++w) row[w * cg * Lanes] = srow[w];
-        }
-      }
-    }
-  }
-
+  const T* y = static_cast<const T*>(args.y) + (b0 * C + int64_t(group) * cg) * plane;
+  T* x = static_cast<T*>(args.x) + (b0 * C + int64_t(group) * cg) * plane;
+  const BlockLayout layout{H, W, pw, C * plane, plane, kh, kw, cg, fr, fc};
+  pack_block<T, Lanes>(y, nb, layout, buf.data());
   solve_packed<T, Lanes, CG, KH, KW, Transposed>(buf.data(),
-                                     folded_all + int64_t(group) * kh * kw * cg * cg, geo);
-
-  T* x = static_cast<T*>(args.x);
-  for (int s = 0; s < nb; ++s) {
-    for (int c = 0; c < cg; ++c) {
-      T* dst = x + ((b0 + s) * C + int64_t(group) * cg + c) * plane;
-      for (int64_t h = 0; h < H; ++h) {
-        const int64_t hh = (fr ? H - 1 - h : h) + kh - 1;
-        const T* row = lanes + ((hh * pw + kw - 1) * cg + c) * Lanes + s;
-        T* drow = dst + h * W;
-        if (fc) {
-          for (int64_t w = 0; w < W; ++w) drow[w] = row[(W - 1 - w) * cg * Lanes];
-        } else {
-          for (int64_t w = 0; w < W; ++w) drow[w] = row[w * cg * Lanes];
-        }
-      }
-    }
-  }
+                                                 folded_all + int64_t(group) * kh * kw * cg * cg,
+                                                 geo);
+  unpack_block<T, Lanes>(buf.data(), nb, layout, x);
 }
 
 // Entry point for one specialization (or, with zeros, the generic kernel).
