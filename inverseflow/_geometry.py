@@ -28,11 +28,11 @@ def groups(order: str, channels: int) -> list[tuple[str, slice]]:
 
 
 def _center_parts(weight: torch.Tensor, order: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(keep, identity): keep is 0 where M overrides the weight, identity is M's diagonal."""
+    """(keep, identity): keep is False where M overrides the weight; identity is M there."""
     rows, cols, kh, kw = weight.shape
-    keep = torch.ones(weight.shape, dtype=weight.dtype, device=weight.device)
+    keep = torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
     identity = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
-    strict_lower = torch.ones(cols, cols, dtype=weight.dtype, device=weight.device).tril(-1)
+    strict_lower = torch.ones(cols, cols, dtype=torch.bool, device=weight.device).tril(-1)
     eye = torch.eye(cols, dtype=weight.dtype, device=weight.device)
     for corner, part in groups(order, rows):
         ci, cj = center(corner, kh, kw)
@@ -42,14 +42,18 @@ def _center_parts(weight: torch.Tensor, order: str) -> tuple[torch.Tensor, torch
 
 
 def masked_weight(weight: torch.Tensor, order: str) -> torch.Tensor:
-    """M(W): the center tap becomes unit lower triangular; gradients to masked entries are 0."""
+    """M(W): the center tap becomes unit lower triangular.
+
+    ``where`` rather than a multiply, so inf/NaN stored at masked positions is ignored and
+    the gradient there is exactly 0.
+    """
     keep, identity = _center_parts(weight, order)
-    return weight * keep + identity
+    return torch.where(keep, weight, identity)
 
 
 def mask_gradient(grad: torch.Tensor, order: str) -> torch.Tensor:
     keep, _ = _center_parts(grad, order)
-    return grad * keep
+    return torch.where(keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
 
 def causal_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:

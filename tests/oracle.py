@@ -201,3 +201,10 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     if diff != diff:
         return float("nan")
     return diff / scale if scale > 0 else diff
+
+
+def param_id(value) -> str:
+    """pytest id: (B, C, H, W, kh, kw) tuples become B3C12H4W5k3x3, other values str()."""
+    if isinstance(value, tuple) and len(value) == 6 and all(isinstance(v, int) for v in value):
+        return "B{}C{}H{}W{}k{}x{}".format(*value)
+    return str(value)

@@ -71,13 +71,14 @@ def test_specialized_and_generic_cuda_kernels(order, shape, dtype, direction, rn
     assert oracle.rel_err(x_gen.cpu(), x_cpu) <= TOL[dtype], gen_name
 
 
-GRAD_CASES = [("TL", (3, 12, 4, 5, 3, 3)), ("quad", (17, 8, 4, 4, 2, 2)), ("BR", (2, 5, 3, 4, 2, 3)),
-              ("TR", (21, 4, 1, 9, 3, 3)), ("quad", (3, 16, 3, 3, 3, 2)), ("BL", (1, 8, 9, 1, 2, 2))]
+GRAD_CASES = [("TL", (3, 12, 4, 5, 3, 3)), ("quad", (17, 8, 4, 4, 2, 2)),
+              ("BR", (2, 5, 3, 4, 2, 3)), ("TR", (21, 4, 1, 9, 3, 3)),
+              ("quad", (3, 16, 3, 3, 3, 2)), ("BL", (1, 8, 9, 1, 2, 2))]
 
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("order,shape", GRAD_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("order,shape", GRAD_CASES, ids=oracle.param_id)
 @pytest.mark.parametrize("fn", ["inv_conv2d", "inv_conv2d_transposed", "causal_conv2d"])
 def test_gradient_parity(fn, order, shape, dtype, rng):
     y, weight = _inputs(shape, order, dtype, rng)
@@ -113,7 +114,7 @@ LARGE_CASES = [
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("order,shape", LARGE_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("order,shape", LARGE_CASES, ids=oracle.param_id)
 def test_large_parity(order, shape, dtype, rng):
     y, weight = _inputs(shape, order, dtype, rng)
     for direction in (_dispatch.SOLVE, _dispatch.TRANSPOSED):

@@ -30,7 +30,7 @@ def _inputs(shape, order, rng, dtype=torch.float64, requires_grad=False):
 GRADCHECK_SHAPES = [(2, 8, 3, 4, 2, 3), (2, 4, 3, 3, 2, 2), (1, 8, 2, 3, 3, 3), (3, 4, 1, 4, 1, 2)]
 
 
-@pytest.mark.parametrize("shape", GRADCHECK_SHAPES, ids=lambda s: "B{}C{}H{}W{}k{}x{}".format(*s))
+@pytest.mark.parametrize("shape", GRADCHECK_SHAPES, ids=oracle.param_id)
 @pytest.mark.parametrize("order", ORDERS)
 def test_gradcheck_inv_conv2d(order, shape, rng):
     y, weight = _inputs(shape, order, rng, requires_grad=True)
@@ -66,7 +66,7 @@ ORACLE_GRAD_SHAPES = [(3, 12, 3, 4, 3, 3), (17, 8, 3, 3, 2, 2), (2, 4, 4, 5, 2, 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("shape", ORACLE_GRAD_SHAPES,
-                         ids=lambda s: "B{}C{}H{}W{}k{}x{}".format(*s))
+                         ids=oracle.param_id)
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("fn", ["inv_conv2d", "causal_conv2d"])
 def test_gradients_match_oracle(fn, order, shape, dtype, rng):
@@ -106,7 +106,8 @@ def _pipeline(y, w_tl, w_quad):
     x = inverseflow.inv_conv2d(y, w_tl, "TL")
     z = inverseflow.causal_conv2d(torch.tanh(x), w_quad, "quad")
     # A different weight for the second inverse, so that it does not cancel the causal conv.
-    return inverseflow.inv_conv2d(z * 1.5, w_quad * 0.5, "quad") + inverseflow.causal_conv2d(x, w_tl)
+    out = inverseflow.inv_conv2d(z * 1.5, w_quad * 0.5, "quad")
+    return out + inverseflow.causal_conv2d(x, w_tl)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
@@ -214,7 +215,7 @@ def _noncontiguous_variants(y, weight, rng):
     yield "expanded_batch", y[:1].expand(b, c, h, w), weight   # stride 0 over the batch
 
 
-@pytest.mark.parametrize("order,shape", NC_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("order,shape", NC_CASES, ids=oracle.param_id)
 @pytest.mark.parametrize("fn", ["inv_conv2d", "inv_conv2d_transposed", "causal_conv2d"])
 def test_noncontiguous_inputs(fn, order, shape, rng):
     y, weight = _inputs(shape, order, rng)
@@ -231,7 +232,7 @@ def test_noncontiguous_inputs(fn, order, shape, rng):
         assert err <= 1e-12, f"{fn} {order} {label}: rel err {err:.3e}"
 
 
-@pytest.mark.parametrize("order,shape", NC_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("order,shape", NC_CASES, ids=oracle.param_id)
 def test_noncontiguous_gradients(order, shape, rng):
     y, weight = _inputs(shape, order, rng)
     upstream = torch.randn(y.shape, generator=rng, dtype=y.dtype)

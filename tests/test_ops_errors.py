@@ -229,7 +229,7 @@ NAN_CASES = [
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["solve", "transposed"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("order,shape,sample,c0", NAN_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("order,shape,sample,c0", NAN_CASES, ids=oracle.param_id)
 def test_nan_propagates_exactly_through_the_dependency_cone(order, shape, sample, c0, dtype,
                                                             transposed, rng):
     batch, channels, height, width, kh, kw = shape
@@ -259,7 +259,7 @@ def test_nan_propagates_exactly_through_the_dependency_cone(order, shape, sample
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("order,shape", [("TL", (3, 12, 4, 4, 3, 3)), ("quad", (17, 8, 3, 4, 2, 2)),
-                                         ("BR", (2, 5, 3, 3, 2, 3))], ids=lambda v: str(v))
+                                         ("BR", (2, 5, 3, 3, 2, 3))], ids=oracle.param_id)
 @pytest.mark.parametrize("where", ["off_center", "center_lower"])
 def test_inf_in_weight_does_not_crash_and_propagates(order, shape, dtype, where, rng):
     batch, channels, height, width, kh, kw = shape
