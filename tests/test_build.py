@@ -1,0 +1,71 @@
+"""The build: modules never link libtorch, `info` reports what was built, pruning works."""
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inverseflow import _backends, info
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _built_modules():
+    names = ["_cpu"] + ([] if _backends.import_error("_cuda") else ["_cuda"])
+    return [importlib.import_module(f"inverseflow.{name}") for name in names]
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="needs readelf")
+def test_compiled_modules_do_not_link_libtorch_or_cudart():
+    for module in _built_modules():
+        needed = subprocess.run(["readelf", "-d", module.__file__], capture_output=True,
+                                text=True, check=True).stdout
+        libs = [line for line in needed.splitlines() if "(NEEDED)" in line]
+        assert libs, module.__file__
+        assert not any("torch" in line or "c10" in line for line in libs), libs
+        assert not any("libcudart" in line for line in libs), libs  # static runtime
+
+
+def test_info_lists_backends_and_specializations():
+    data = info.collect()
+    cpu = data["backends"]["cpu"]
+    assert cpu["built"] and len(cpu["specializations"]) == 4 * len(data["build"]["layers_built"])
+    assert "cuda" in data["build"]
+    report = info.format_report(data)
+    assert "[cpu] built" in report and "invconv_k3x3_c12_tl_f32_solve_cpu" in report
+    cli = subprocess.run([sys.executable, "-m", "inverseflow", "info", "--json"],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(cli.stdout)["backends"]["cpu"]["built"]
+
+
+def test_missing_cuda_backend_says_how_to_rebuild(monkeypatch):
+    monkeypatch.setattr(_backends, "_import", lambda name: (None, "No module named x"))
+    with pytest.raises(RuntimeError, match="rebuild"):
+        _backends.module_for("cuda")
+    with pytest.raises(RuntimeError, match="rebuild"):
+        _backends.module_for("cpu")
+
+
+def test_cli_reports_bad_arguments_cleanly():
+    result = subprocess.run([sys.executable, "-m", "inverseflow", "demo", "--batch", "0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "positive integer" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_build_pruning_keeps_only_matching_layers(tmp_path):
+    pybind11 = pytest.importorskip("pybind11")
+    result = subprocess.run(
+        ["cmake", "-S", str(ROOT), "-B", str(tmp_path), "-DINVERSEFLOW_CUDA=OFF",
+         "-DINVERSEFLOW_SPECS=k3x3_c12_", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+         f"-DPython_EXECUTABLE={sys.executable}"],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "building 2 of 20 layer specializations" in result.stdout
+    built = (tmp_path / "build_info.h").read_text()
+    assert '"invconv_k3x3_c12_tl", "invconv_k3x3_c12_quad"' in built
+    assert "disabled by INVERSEFLOW_CUDA=OFF" in built
