@@ -1,0 +1,26 @@
+"""Model presets per dataset. MNIST follows the paper (L=2, K=16, coupling width 512)."""
+
+from __future__ import annotations
+
+from .flow import Glow, InverseFlow
+
+PRESETS = {
+    "digits": dict(image_shape=(1, 8, 8), levels=2, steps=4, coupling_width=64),
+    "mnist": dict(image_shape=(1, 28, 28), levels=2, steps=16, coupling_width=512),
+    "fashion-mnist": dict(image_shape=(1, 28, 28), levels=2, steps=16, coupling_width=512),
+    "cifar10": dict(image_shape=(3, 32, 32), levels=3, steps=16, coupling_width=512),
+    "imagenet32": dict(image_shape=(3, 32, 32), levels=3, steps=16, coupling_width=512),
+    "imagenet64": dict(image_shape=(3, 64, 64), levels=4, steps=16, coupling_width=512),
+}
+
+MODELS = {"inverseflow": InverseFlow, "glow": Glow}
+
+
+def from_preset(name: str, model: str = "inverseflow", **overrides):
+    """Builds ``model`` ("inverseflow" or "glow") with the preset for dataset ``name``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+    config = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return MODELS[model](**config)

@@ -1,0 +1,15 @@
+"""Invertible layers for normalizing flows.
+
+Every layer maps the data side to the latent side with ``forward(x) -> (z, logdet)``
+(``logdet`` of shape (B,), the exact log |det dz/dx|) and back with ``inverse(z) -> x``.
+"""
+
+from .actnorm import ActNorm
+from .conv1x1 import InvertibleConv1x1
+from .coupling import AffineCoupling
+from .invconv import InvConv2d
+from .preprocess import Dequantize, LogitTransform
+from .reshape import Split, Squeeze
+
+__all__ = ["ActNorm", "InvertibleConv1x1", "AffineCoupling", "InvConv2d", "Dequantize",
+           "LogitTransform", "Split", "Squeeze"]

@@ -1,0 +1,46 @@
+"""Affine coupling layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AffineCoupling(nn.Module):
+    """Real NVP affine coupling (Dinh et al., ICLR 2017) in Glow's form (Kingma &
+    Dhariwal, NeurIPS 2018): the first half of the channels conditions a shift and a
+    ``sigmoid(· + 2)`` scale of the second half. The network's last conv starts at zero,
+    so the layer starts as the identity.
+    """
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        if channels < 2:
+            raise ValueError(f"coupling needs at least 2 channels, got {channels}")
+        self.split = channels // 2
+        out = channels - self.split
+        self.net = nn.Sequential(
+            nn.Conv2d(self.split, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, 1), nn.ReLU(),
+            nn.Conv2d(width, 2 * out, 3, padding=1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _shift_scale(self, x_a):
+        h = self.net(x_a)
+        shift, raw = h[:, 0::2], h[:, 1::2]
+        return shift, raw + 2.0
+
+    def forward(self, x):
+        x_a, x_b = x[:, :self.split], x[:, self.split:]
+        shift, raw = self._shift_scale(x_a)
+        z_b = (x_b + shift) * torch.sigmoid(raw)
+        logdet = F.logsigmoid(raw).flatten(1).sum(1)
+        return torch.cat([x_a, z_b], dim=1), logdet
+
+    def inverse(self, z):
+        z_a, z_b = z[:, :self.split], z[:, self.split:]
+        shift, raw = self._shift_scale(z_a)
+        return torch.cat([z_a, z_b / torch.sigmoid(raw) - shift], dim=1)
