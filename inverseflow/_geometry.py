@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -27,18 +29,33 @@ def groups(order: str, channels: int) -> list[tuple[str, slice]]:
     return [(corner, slice(g * cg, (g + 1) * cg)) for g, corner in enumerate(QUAD_CORNERS)]
 
 
-def _center_parts(weight: torch.Tensor, order: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(keep, identity): keep is False where M overrides the weight; identity is M there."""
-    rows, cols, kh, kw = weight.shape
-    keep = torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
-    identity = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
-    strict_lower = torch.ones(cols, cols, dtype=torch.bool, device=weight.device).tril(-1)
-    eye = torch.eye(cols, dtype=weight.dtype, device=weight.device)
+def _build_center_parts(shape, order, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols, kh, kw = shape
+    keep = torch.ones(shape, dtype=torch.bool, device=device)
+    identity = torch.zeros(shape, dtype=dtype, device=device)
+    strict_lower = torch.ones(cols, cols, dtype=torch.bool, device=device).tril(-1)
+    eye = torch.eye(cols, dtype=dtype, device=device)
     for corner, part in groups(order, rows):
         ci, cj = center(corner, kh, kw)
         keep[part, :, ci, cj] = strict_lower
         identity[part, :, ci, cj] = eye
     return keep, identity
+
+
+_cached_center_parts = functools.lru_cache(maxsize=128)(_build_center_parts)
+
+
+def _center_parts(weight: torch.Tensor, order: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep, identity): keep is False where M overrides the weight; identity is M there.
+
+    Eager calls reuse cached constants (building them is ~20 small ops, which dominated
+    a batch-1 sampling pass); traced calls (torch.compile, fake tensors) build fresh ones.
+    """
+    key = (tuple(weight.shape), order, weight.dtype, weight.device)
+    if torch.compiler.is_compiling() or type(weight) is not torch.Tensor and not isinstance(
+            weight, torch.nn.Parameter):
+        return _build_center_parts(*key)
+    return _cached_center_parts(*key)
 
 
 def masked_weight(weight: torch.Tensor, order: str) -> torch.Tensor:

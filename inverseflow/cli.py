@@ -56,6 +56,61 @@ def _bench(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .train import TrainConfig, TrainingDiverged, train
+
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
+    fields["progress"] = not args.quiet
+    try:
+        metrics = train(TrainConfig(**fields))
+    except TrainingDiverged as exc:
+        print(f"inverseflow train: stopped: {exc}", file=sys.stderr)
+        return 3
+    if metrics:
+        print(f"test bits/dim: {metrics['initial_test_bpd']:.4f} before, "
+              f"{metrics['test_bpd']:.4f} after {metrics['steps']} steps "
+              f"({metrics['train_seconds']:.1f} s of training)")
+        for batch, timing in metrics["pass_timings_ms"].items():
+            for placement, t in timing.items():
+                print(f"  {batch:>9}, solve on {placement:8}: density pass "
+                      f"{t['density_ms']:8.2f} ms, sampling pass {t['sampling_ms']:8.2f} ms")
+        print(f"samples: {metrics['samples']}")
+        print(f"metrics: {args.out}/metrics.json, checkpoint: {args.out}/checkpoint.pt")
+    return 0
+
+
+def _eval(args) -> int:
+    from .data import load_dataset
+    from .train import evaluate, load_trained
+
+    model, state = load_trained(args.checkpoint, args.device)
+    data = load_dataset(args.dataset, args.data_dir)
+    if tuple(data.image_shape) != tuple(model.image_shape):
+        raise ValueError(f"the checkpoint models {tuple(model.image_shape)} images, "
+                         f"{args.dataset} has {tuple(data.image_shape)}")
+    bpd = evaluate(model, data.test, args.batch_size, limit=args.limit)
+    print(f"test bits/dim on {args.dataset}: {bpd:.4f} "
+          f"({min(len(data.test), args.limit or len(data.test))} images, step {state['step']})")
+    return 0
+
+
+def _sample(args) -> int:
+    import torch
+
+    from .imageio import save_grid
+    from .train import load_trained
+
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature must be positive, got {args.temperature}")
+    if not args.out.lower().endswith(".png"):
+        raise ValueError(f"--out must be a .png file, got {args.out!r}")
+    model, _ = load_trained(args.checkpoint, args.device)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    images = model.sample(args.num, args.temperature, generator=gen)
+    print(f"wrote {save_grid(images, args.out)}")
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -78,6 +133,54 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     demo.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     demo.set_defaults(run=_demo)
+    train = sub.add_parser("train", help="train a flow; writes metrics.json, checkpoint.pt, samples.png")
+    train.add_argument("--dataset", required=True, help="digits, mnist, fashion-mnist, cifar10, imagenet32, imagenet64")
+    train.add_argument("--data-dir", help="folder holding the dataset files (cifar10, imagenet*)")
+    train.add_argument("--out", required=True, help="run folder")
+    length = train.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=_positive, help="total optimizer steps")
+    length.add_argument("--epochs", type=_positive, help="total epochs")
+    train.add_argument("--model", default="inverseflow", choices=["inverseflow", "glow"])
+    train.add_argument("--solve-on", default="density", choices=["density", "sampling"],
+                       help="density: Inverse-Flow placement; sampling: FInC/Emerging")
+    train.add_argument("--order", default="quad", choices=["TL", "TR", "BL", "BR", "quad"])
+    train.add_argument("--kernel-size", type=_positive, default=3)
+    train.add_argument("--levels", type=_positive, help="override the preset's L")
+    train.add_argument("--flow-steps", type=_positive, help="override the preset's K")
+    train.add_argument("--coupling-width", type=_positive, help="override the preset's width")
+    train.add_argument("--batch-size", type=_positive, default=64, help="per process")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--lr-final", type=float, default=1e-4)
+    train.add_argument("--warmup", type=int, default=100)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    train.add_argument("--checkpoint-every", type=_positive, default=200)
+    train.add_argument("--eval-limit", type=_positive, help="evaluate on the first N test images")
+    train.add_argument("--time-budget", type=float, help="stop training after this many seconds")
+    train.add_argument("--num-samples", type=_positive, default=64)
+    train.add_argument("--temperature", type=float, default=0.7)
+    train.add_argument("--resume", action="store_true", help="continue DIR/checkpoint.pt")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    evaluate = sub.add_parser("eval", help="test bits/dim of a checkpoint")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--dataset", required=True)
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    evaluate.add_argument("--batch-size", type=_positive, default=500)
+    evaluate.add_argument("--limit", type=_positive, help="first N test images only")
+    evaluate.set_defaults(run=_eval)
+
+    sample = sub.add_parser("sample", help="write a grid of samples as PNG")
+    sample.add_argument("--checkpoint", required=True)
+    sample.add_argument("--num", type=_positive, default=64)
+    sample.add_argument("--out", required=True, help="FILE.png")
+    sample.add_argument("--temperature", type=float, default=0.7)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    sample.set_defaults(run=_sample)
+
     bench = sub.add_parser("bench", help="op benchmark against F.conv2d, as JSON")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (CI-sized)")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -90,6 +193,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as exc:
         print(f"inverseflow {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -63,7 +63,8 @@ class InverseFlow(nn.Module):
         if not isinstance(coupling_width, int) or coupling_width < 1:
             raise ValueError(f"coupling_width must be a positive int, got {coupling_width!r}")
         self.image_shape = (channels, height, width)
-        self.config = dict(image_shape=list(self.image_shape), levels=levels, steps=steps,
+        self.config = dict(model="inverseflow", image_shape=list(self.image_shape),
+                           levels=levels, steps=steps,
                            kernel_size=kernel_size, coupling_width=coupling_width,
                            solve_on=solve_on, order=order, logit_alpha=logit_alpha)
         self.dequantize = Dequantize()
@@ -96,6 +97,11 @@ class InverseFlow(nn.Module):
             if isinstance(module, InvConv2d):
                 module.set_solve_on(solve_on)
         self.config["solve_on"] = solve_on
+
+    def forward(self, x_uint8, generator: torch.Generator | None = None):
+        """Per-image bits/dim of uint8 images: the training objective (so that
+        DistributedDataParallel, which hooks ``forward``, sees it)."""
+        return self.bits_per_dim(x_uint8, generator)
 
     def encode(self, x):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -139,7 +145,13 @@ class InverseFlow(nn.Module):
 
     def bits_per_dim(self, x_uint8, generator: torch.Generator | None = None):
         """Per-image bits/dim of uint8 images under uniform dequantisation."""
-        return bits_per_dim(self.log_prob(self.dequantize(x_uint8, generator)), self.dim)
+        # A CPU generator draws on the CPU: the noise is then the same on every device.
+        x = self.dequantize(x_uint8.cpu() if generator is not None else x_uint8, generator)
+        return self.bits_per_dim_dequantized(x.to(self.top_mean.device))
+
+    def bits_per_dim_dequantized(self, x):
+        """Per-image bits/dim of images already dequantised into [0, 1]."""
+        return bits_per_dim(self.log_prob(x.to(self.top_mean.dtype)), self.dim)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None):

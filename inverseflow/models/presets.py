@@ -24,3 +24,13 @@ def from_preset(name: str, model: str = "inverseflow", **overrides):
         raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
     config = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
     return MODELS[model](**config)
+
+
+def build_model(config: dict):
+    """Rebuilds a model from its ``config`` (as stored in checkpoints)."""
+    config = dict(config)
+    kind = config.pop("model", "inverseflow")
+    if kind not in MODELS:
+        raise ValueError(f"unknown model {kind!r} in config; choose from {', '.join(MODELS)}")
+    config["image_shape"] = tuple(config["image_shape"])
+    return MODELS[kind](**config)

@@ -1,0 +1,278 @@
+"""Training, evaluation and sampling of the flow models on uint8 image datasets.
+
+Determinism: the batch order of epoch e is a permutation seeded by (seed, e) and the
+dequantisation noise of step s by (seed, s, rank), so a resumed run replays exactly the
+batches and noise of an uninterrupted one; the checkpoint holds model, optimizer, step
+and loss history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_json
+from .data import load_dataset
+from .imageio import save_grid
+from .models import build_model, from_preset
+from .timing import placement_timings
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    dataset: str
+    out: str
+    steps: int | None = None
+    epochs: int | None = None
+    data_dir: str | None = None
+    model: str = "inverseflow"
+    solve_on: str = "density"
+    order: str = "quad"
+    kernel_size: int = 3
+    levels: int | None = None
+    flow_steps: int | None = None
+    coupling_width: int | None = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_final: float = 1e-4
+    decay_steps: int = 50_000
+    warmup: int = 100
+    grad_clip: float = 100.0
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int = 200
+    eval_batch_size: int = 500
+    eval_limit: int | None = None
+    time_budget: float | None = None
+    num_samples: int = 64
+    temperature: float = 0.7
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps or epochs")
+        for name in ("steps", "epochs", "batch_size", "checkpoint_every", "eval_batch_size",
+                     "eval_limit", "num_samples", "decay_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "lr_final", "temperature", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be positive seconds, got {self.time_budget!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then exponential decay from lr to lr_final over decay_steps.
+    It depends on the step alone, so a run extended by --resume keeps its schedule."""
+    warm = min(1.0, (step + 1) / max(1, config.warmup))
+    progress = min(step, config.decay_steps) / config.decay_steps
+    return config.lr * warm * (config.lr_final / config.lr) ** progress
+
+
+def batch_indices(n: int, global_batch: int, step: int, seed: int, ctx) -> torch.Tensor:
+    """This rank's image indices for a step (drop-last epochs of a seeded permutation)."""
+    per_epoch = n // global_batch
+    epoch, index = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    chunk = order[index * global_batch:(index + 1) * global_batch]
+    return chunk[ctx.rank::ctx.world_size]
+
+
+def _noise(seed: int, step: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
+
+
+@torch.no_grad()
+def evaluate(model, images: torch.Tensor, batch_size: int = 500, seed: int = 1234,
+             limit: int | None = None) -> float:
+    """Mean test bits/dim, with fixed dequantisation noise (reproducible)."""
+    was_training = model.training
+    model.eval()
+    device = model.top_mean.device
+    images = images[:limit] if limit else images
+    gen = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        x_deq = model.dequantize(x, gen).to(device)
+        total += float(model.bits_per_dim_dequantized(x_deq).double().sum())
+    model.train(was_training)
+    return total / len(images)
+
+
+class Progress:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.total, self.enabled, self.tty = total, enabled, sys.stderr.isatty()
+        self.start_step, self.t0 = start, time.perf_counter()
+        self.every = max(1, total // 50)
+
+    def update(self, step: int, loss: float) -> None:
+        if not self.enabled or (not self.tty and step % self.every and step != self.total):
+            return
+        rate = (step - self.start_step) / max(time.perf_counter() - self.t0, 1e-9)
+        filled = int(30 * step / self.total)
+        line = (f"step {step}/{self.total} [{'#' * filled}{'.' * (30 - filled)}] "
+                f"loss {loss:.4f} bpd {loss:.4f} {rate:.2f} it/s")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+def _build(config: TrainConfig, image_shape):
+    model = from_preset(config.dataset, model=config.model, solve_on=config.solve_on,
+                        order=config.order, kernel_size=config.kernel_size,
+                        levels=config.levels, steps=config.flow_steps,
+                        coupling_width=config.coupling_width)
+    if tuple(model.image_shape) != tuple(image_shape):
+        raise ValueError(f"preset image shape {model.image_shape} != data {tuple(image_shape)}")
+    return model
+
+
+def train(config: TrainConfig) -> dict:
+    """Runs (or resumes) a training run; returns the metrics written to metrics.json."""
+    config.validate()
+    device = torch.device(config.device)
+    ctx = distributed.setup(device.type)
+    try:
+        return _train(config, device, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(config: TrainConfig, device, ctx) -> dict:
+    out = Path(config.out)
+    ckpt_path = out / CHECKPOINT_NAME
+    data = load_dataset(config.dataset, config.data_dir)
+    global_batch = config.batch_size * ctx.world_size
+    if len(data.train) < global_batch:
+        raise ValueError(f"batch size {global_batch} exceeds the {len(data.train)} training images")
+    total_steps = config.steps or config.epochs * (len(data.train) // global_batch)
+    torch.manual_seed(config.seed)
+    model = _build(config, data.image_shape).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    start_step, losses, train_seconds, initial_bpd = 0, [], 0.0, None
+    if config.resume:
+        state = load_checkpoint(ckpt_path, map_location=device)
+        if state["dataset"] != config.dataset or state["model_config"]["model"] != config.model:
+            raise ValueError(f"{ckpt_path} is a {state['model_config']['model']} run on "
+                             f"{state['dataset']}, not {config.model} on {config.dataset}")
+        model = build_model(state["model_config"]).to(device)
+        model.load_state_dict(state["model"])
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, losses = state["step"], list(state["losses"])
+        train_seconds, initial_bpd = state["train_seconds"], state["initial_test_bpd"]
+        if start_step >= total_steps:
+            raise ValueError(f"the checkpoint is at step {start_step}; ask for more steps "
+                             f"than that to resume (got {total_steps})")
+    else:
+        if ckpt_path.exists():
+            raise ValueError(f"{ckpt_path} exists: pass --resume to continue it, or choose "
+                             "another --out")
+        # ActNorm's data-dependent initialisation, on the first batch (before DDP wraps
+        # the model, so that rank 0's values are broadcast to every rank).
+        first = data.train[batch_indices(len(data.train), global_batch, 0, config.seed, ctx)]
+        with torch.no_grad():
+            model(first.to(device), _noise(config.seed, 0, ctx.rank))
+    if initial_bpd is None and ctx.is_main:
+        initial_bpd = evaluate(model, data.test, config.eval_batch_size, limit=config.eval_limit)
+        print(f"initial test bits/dim: {initial_bpd:.4f}", file=sys.stderr)
+
+    trainer = model
+    if ctx.enabled:
+        trainer = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index or 0] if device.type == "cuda" else None)
+
+    def checkpoint(step: int) -> None:
+        if ctx.is_main:
+            save_checkpoint({"model": model.state_dict(), "model_config": model.config,
+                             "optimizer": optimizer.state_dict(), "step": step,
+                             "losses": losses, "train_seconds": train_seconds,
+                             "initial_test_bpd": initial_bpd, "dataset": config.dataset,
+                             "train_config": dataclasses.asdict(config)}, ckpt_path)
+
+    progress = Progress(total_steps, start_step, config.progress and ctx.is_main)
+    step, stopped_by_budget, t_start = start_step, False, time.perf_counter()
+    model.train()
+    while step < total_steps:
+        idx = batch_indices(len(data.train), global_batch, step, config.seed, ctx)
+        x = data.train[idx].to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        loss = trainer(x, _noise(config.seed, step, ctx.rank)).mean()
+        if not distributed.all_agree(ctx, bool(torch.isfinite(loss))):
+            progress.close()
+            raise TrainingDiverged(
+                f"non-finite loss at step {step + 1} (the inverse convolution can overflow "
+                f"when its filter is unstable); kept the last good checkpoint {ckpt_path} "
+                f"(step {step if ckpt_path.exists() else 'none'}); lower --lr or --grad-clip")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        progress.update(step, losses[-1])
+        elapsed = time.perf_counter() - t_start
+        over_budget = config.time_budget is not None and train_seconds + elapsed >= config.time_budget
+        if step % config.checkpoint_every == 0 or step == total_steps or over_budget:
+            train_seconds += elapsed
+            t_start = time.perf_counter()
+            checkpoint(step)
+        if distributed.all_agree(ctx, over_budget):
+            stopped_by_budget = step < total_steps
+            break
+    progress.close()
+    distributed.barrier(ctx)
+    if not ctx.is_main:
+        return {}
+
+    metrics = {"dataset": config.dataset, "model": model.config["model"],
+               "solve_on": model.config["solve_on"], "steps": step,
+               "requested_steps": total_steps, "stopped_by_time_budget": stopped_by_budget,
+               "batch_size": config.batch_size, "world_size": ctx.world_size,
+               "initial_test_bpd": initial_bpd,
+               "test_bpd": evaluate(model, data.test, config.eval_batch_size,
+                                    limit=config.eval_limit),
+               "test_images": min(len(data.test), config.eval_limit or len(data.test)),
+               "train_seconds": train_seconds,
+               "seconds_per_step": train_seconds / max(1, step - start_step) if start_step < step else None,
+               "final_train_loss": losses[-1] if losses else None, "train_losses": losses}
+    model.eval()
+    gen = torch.Generator().manual_seed(config.seed)
+    samples = model.sample(config.num_samples, config.temperature, generator=gen)
+    metrics["samples"] = str(save_grid(samples, out / "samples.png"))
+    metrics["pass_timings_ms"] = {f"batch_{b}": placement_timings(model, b)
+                                  for b in (1, min(100, config.eval_batch_size))}
+    save_json(metrics, out / "metrics.json")
+    return metrics
+
+
+def load_trained(checkpoint: str, device: str = "cpu"):
+    state = load_checkpoint(checkpoint, map_location=device)
+    model = build_model(state["model_config"]).to(device)
+    model.load_state_dict(state["model"])
+    return model.eval(), state

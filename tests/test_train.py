@@ -1,0 +1,123 @@
+"""Training runs: outputs, exact resume, divergence handling, CLI errors, DDP on CPU."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn", reason="the digits dataset comes from scikit-learn")
+
+from inverseflow.cli import main as cli_main  # noqa: E402
+from inverseflow.models import InverseFlow  # noqa: E402
+from inverseflow.train import TrainConfig, TrainingDiverged, train  # noqa: E402
+
+SMALL = ["--dataset", "digits", "--flow-steps", "1", "--coupling-width", "16",
+         "--batch-size", "32", "--eval-limit", "64", "--num-samples", "4", "--quiet"]
+
+
+def _config(out, **kw):
+    base = dict(dataset="digits", out=str(out), flow_steps=1, coupling_width=16, batch_size=32,
+                eval_limit=64, num_samples=4, progress=False, checkpoint_every=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_writes_metrics_checkpoint_and_samples(tmp_path):
+    metrics = train(_config(tmp_path, steps=5))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["steps"] == 5 and len(saved["train_losses"]) == 5
+    for key in ("initial_test_bpd", "test_bpd", "train_seconds", "seconds_per_step"):
+        assert isinstance(saved[key], float) and saved[key] > 0, key
+    assert set(saved["pass_timings_ms"]["batch_1"]) == {"density", "sampling"}
+    assert (tmp_path / "checkpoint.pt").is_file()
+    assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert metrics["test_bpd"] == saved["test_bpd"]
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    straight = train(_config(tmp_path / "a", steps=6))
+    train(_config(tmp_path / "b", steps=3))
+    resumed = train(_config(tmp_path / "b", steps=6, resume=True))
+    assert resumed["train_losses"] == straight["train_losses"]
+    assert resumed["test_bpd"] == straight["test_bpd"]
+    assert resumed["initial_test_bpd"] == straight["initial_test_bpd"]
+
+
+def test_resume_needs_a_checkpoint_and_more_steps(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(_config(tmp_path, steps=2, resume=True))
+    train(_config(tmp_path, steps=2))
+    with pytest.raises(ValueError, match="--resume"):
+        train(_config(tmp_path, steps=4))
+    with pytest.raises(ValueError, match="more steps"):
+        train(_config(tmp_path, steps=2, resume=True))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_forward = InverseFlow.forward
+    calls = {"n": 0}
+
+    def poisoned(self, x, generator=None):
+        out = real_forward(self, x, generator)
+        calls["n"] += 1
+        # Call 1 is ActNorm's initialisation; training steps 1..4 are fine, step 5 is NaN.
+        return out * float("nan") if calls["n"] == 6 else out
+
+    monkeypatch.setattr(InverseFlow, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 5"):
+        train(_config(tmp_path, steps=8))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4 and all(torch.isfinite(torch.tensor(state["losses"])))
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_cli_train_eval_sample(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["train", *SMALL, "--out", str(out), "--steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "before" in printed and "after" in printed and "samples.png" in printed
+    assert cli_main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--dataset", "digits",
+                     "--limit", "32"]) == 0
+    assert "test bits/dim" in capsys.readouterr().out
+    png = tmp_path / "s.png"
+    assert cli_main(["sample", "--checkpoint", str(out / "checkpoint.pt"), "--num", "9",
+                     "--out", str(png), "--temperature", "0.5"]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--dataset", "digits", "--out", "X", "--steps", "0"], "positive integer"),
+    (["train", "--dataset", "digits", "--out", "X"], "required"),
+    (["train", "--dataset", "svhn", "--out", "X", "--steps", "1"], "svhn"),
+    (["train", "--dataset", "cifar10", "--out", "X", "--steps", "1"], "data-dir"),
+    (["train", "--dataset", "digits", "--out", "X", "--steps", "1", "--device", "tpu"],
+     "invalid choice"),
+    (["eval", "--checkpoint", "missing.pt", "--dataset", "digits"], "no checkpoint"),
+    (["sample", "--checkpoint", "missing.pt", "--out", "x.png"], "no checkpoint"),
+])
+def test_cli_errors_are_clear(argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "inverseflow", *argv], capture_output=True,
+                            text=True)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-1500:]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (
+    Path(sys.executable).parent / "torchrun").exists(), reason="needs torchrun")
+def test_ddp_two_processes_on_cpu(tmp_path):
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "inverseflow",
+         "train", *SMALL, "--out", str(tmp_path), "--steps", "3"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 3
+    assert all(torch.isfinite(torch.tensor(metrics["train_losses"])))
