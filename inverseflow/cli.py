@@ -27,32 +27,13 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
+    from pathlib import Path
+
     from . import bench
 
-    device = args.device
-    repeats = 20 if args.quick else 100
-    cases = [dict(batch=64, channels=12, size=16, kernel=3, order="TL"),
-             dict(batch=64, channels=12, size=16, kernel=3, order="quad"),
-             dict(batch=64, channels=12, size=16, kernel=3, order="TL", dtype="float64")]
-    if device == "cuda":
-        cases.insert(0, dict(batch=256, channels=12, size=16, kernel=3, order="TL"))
-    results = []
-    for case in cases:
-        import torch
-
-        dtype = getattr(torch, case.pop("dtype", "float32"))
-        r = bench.op_case(**case, dtype=dtype, device=device, repeats=repeats)
-        results.append(r)
-        b, c, h, w = r["shape"]
-        print(f"{b}x{c}x{h}x{w} k={r['kernel']} {r['order']:>4} {r['dtype']}: "
-              f"inv {r['inv_conv2d']['median_ms']:.3f} ms = {r['ratio_inv_over_conv']:.2f}x conv; "
-              f"fwd+bwd {r['ratio_fwd_bwd_inv_over_conv']:.2f}x conv's; generic "
-              f"{r['ratio_generic_over_specialized']:.2f}x slower; backward's largest buffer "
-              f"{r['backward_largest_buffer_over_bchw']:.2f} BCHW")
-    payload = {"environment": bench.environment(device), "ops": results}
-    with open(args.out, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    print(f"wrote {args.out}")
+    result = bench.run(args.device, args.quick)
+    for path in bench.write(result, Path(args.out)):
+        print(f"wrote {path}")
     return 0
 
 
@@ -184,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="op benchmark against F.conv2d, as JSON")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (CI-sized)")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    bench.add_argument("--out", default="bench.json", help="JSON output file")
+    bench.add_argument("--out", default="bench-results",
+                       help="folder for bench.json, bench.md and the plots")
     bench.set_defaults(run=_bench)
     return parser
 

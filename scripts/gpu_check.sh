@@ -20,14 +20,18 @@ step() {  # step NAME LOGFILE COMMAND...
   echo "$name: exit ${status[$name]}"
 }
 
+# At most 8 files come back from the device machine: logs are grouped accordingly.
 { nvidia-smi; $PY -c "import torch; print(torch.__version__, torch.version.cuda)"; } \
-  >"$OUT/machine.txt" 2>&1
-step build "$OUT/build.log" $PY -m pip install --no-build-isolation --no-deps -v -e . \
+  >"$OUT/build.log" 2>&1
+step build "$OUT/build.log.part" $PY -m pip install --no-build-isolation --no-deps -v -e . \
   -C build-dir=build/gpu-check
-step info "$OUT/info.json" $PY -m inverseflow info --json
-step tests "$OUT/tests.log" $PY -m pytest -q -x --timeout=300 tests/test_cuda_parity.py \
-  tests/test_ops_oracle.py tests/test_ops_autograd.py tests/test_ops_errors.py
-step bench "$OUT/bench.log" $PY -m inverseflow bench --device cuda --out "$OUT/bench_cuda.json"
+cat "$OUT/build.log.part" >>"$OUT/build.log"; rm -f "$OUT/build.log.part"
+step info "$OUT/tests.log" $PY -m inverseflow info
+step tests "$OUT/tests.log.part" $PY -m pytest -q -x --timeout=300 tests/test_cuda_parity.py \
+  tests/test_ops_oracle.py tests/test_ops_autograd.py tests/test_ops_errors.py tests/test_models.py
+cat "$OUT/tests.log.part" >>"$OUT/tests.log"; rm -f "$OUT/tests.log.part"
+step bench "$OUT/tests.log.part" $PY -m inverseflow bench --device cuda --out "$OUT/bench"
+cat "$OUT/tests.log.part" >>"$OUT/tests.log"; rm -f "$OUT/tests.log.part"
 # Registers, spills and shared memory of one generated specialization (nvcc -Xptxas -v).
 step ptxas "$OUT/ptxas.txt" nvcc -std=c++17 -O3 -arch=sm_90 -Xptxas -v -Icsrc -c \
   generated/cuda/invconv_k3x3_c12_tl_cuda.cu -o /tmp/ptxas_probe.o

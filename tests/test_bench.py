@@ -1,0 +1,46 @@
+"""Benchmark plumbing (structure, not speed) and the slow baselines' correctness."""
+
+import json
+
+import pytest
+import torch
+
+import inverseflow
+from inverseflow import baselines, bench
+
+
+@pytest.mark.parametrize("order", ["TL", "TR", "BL", "BR", "quad"])
+@pytest.mark.parametrize("solver", [baselines.sequential_solve, baselines.diagonal_solve,
+                                    baselines.dense_solve])
+def test_baselines_solve_the_same_system(solver, order, rng):
+    channels = 8
+    cg = channels // 4 if order == "quad" else channels
+    weight = 0.1 * torch.randn(channels, cg, 3, 2, generator=rng, dtype=torch.float64)
+    y = torch.randn(3, channels, 5, 4, generator=rng, dtype=torch.float64)
+    x = solver(y, weight, order)
+    assert torch.allclose(inverseflow.causal_conv2d(x, weight, order), y, atol=1e-10)
+
+
+def test_op_case_reports_every_figure(tmp_path):
+    r = bench.op_case(4, 4, 6, 3, "TL", repeats=2, baseline_repeats=1)
+    for key in ("conv2d", "inv_conv2d", "inv_conv2d_generic", "inv_conv2d_fwd_bwd",
+                "sequential_per_pixel", "per_diagonal", "dense_lu_4_samples"):
+        assert r["times"][key]["median_ms"] > 0, key
+    assert {"inv_over_conv", "fwd_bwd_inv_over_conv", "generic_over_specialized",
+            "sequential_over_specialized", "dense_over_specialized_4_samples"} <= set(r["ratios"])
+    assert r["memory"]["backward_largest_buffer_over_bchw"] >= 1.0
+
+
+def test_model_case_and_outputs(tmp_path):
+    m = bench.model_case("digits", 2, "cpu", repeats=1)
+    assert {"density", "sampling", "glow"} == set(m["times_ms"])
+    result = {"environment": bench.environment("cpu"),
+              "ops": [bench.op_case(2, 4, 4, 2, "quad", repeats=2, baseline_repeats=1)],
+              "sweeps": {"batch": [bench._sweep_point(2, 4, "cpu", 2)],
+                         "size": [bench._sweep_point(2, 4, "cpu", 2)]},
+              "models": [m]}
+    written = bench.write(result, tmp_path)
+    assert json.loads((tmp_path / "bench.json").read_text())["models"][0]["preset"] == "digits"
+    table = (tmp_path / "bench.md").read_text()
+    assert "| 2×4×4×4 | 2 | quad |" in table and "| digits | 2 |" in table
+    assert all(p.endswith((".json", ".md", ".png")) for p in written)
