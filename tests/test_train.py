@@ -121,3 +121,49 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 3
     assert all(torch.isfinite(torch.tensor(metrics["train_losses"])))
+
+
+def test_batches_partition_each_epoch_across_ranks():
+    from inverseflow.distributed import Context
+    from inverseflow.train import batch_indices
+
+    n, per_rank, world = 103, 8, 3
+    steps_per_epoch = n // (per_rank * world)
+    for epoch in range(2):
+        seen = []
+        for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
+            parts = [batch_indices(n, per_rank * world, step, 5, Context(r, world))
+                     for r in range(world)]
+            assert all(len(p) == per_rank for p in parts)
+            seen += torch.cat(parts).tolist()
+        assert len(seen) == len(set(seen)) == steps_per_epoch * per_rank * world
+
+
+def test_learning_rate_schedule_depends_on_the_step_alone():
+    from inverseflow.train import learning_rate
+
+    config = _config("unused", steps=10, lr=1e-3, lr_final=1e-4, warmup=10, decay_steps=100)
+    assert learning_rate(config, 0) == pytest.approx(1e-4)
+    assert learning_rate(config, 9) == pytest.approx(1e-3 * 0.1 ** 0.09)
+    assert learning_rate(config, 100) == pytest.approx(1e-4)
+    assert learning_rate(config, 10**6) == pytest.approx(1e-4)
+
+
+def test_png_grid_round_trips(tmp_path):
+    import struct
+    import zlib
+
+    from inverseflow.imageio import save_grid
+
+    images = torch.rand(3, 1, 5, 4)
+    path = save_grid(images, tmp_path / "g.png", ncols=3, pad=0)
+    data = path.read_bytes()
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (12, 5)
+    start = data.index(b"IDAT") + 4
+    length = struct.unpack(">I", data[start - 8:start - 4])[0]
+    raw = zlib.decompress(data[start:start + length])
+    rows = [raw[r * (width + 1) + 1:(r + 1) * (width + 1)] for r in range(height)]
+    pixels = torch.tensor([list(row) for row in rows], dtype=torch.uint8)
+    expected = (torch.cat(list(images[:, 0]), dim=1) * 255).round().to(torch.uint8)
+    assert torch.equal(pixels, expected)
