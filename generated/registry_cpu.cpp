@@ -127,6 +127,30 @@ void invconv_k3x3_c48_quad_f32_transposed_cpu(const SolveArgs& args);
 void invconv_k3x3_c48_quad_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c48_quad_f64_transposed_cpu(const SolveArgs& args);
 #endif
+#if defined(IFLOW_HAS_invconv_k5x5_c4_tl)
+void invconv_k5x5_c4_tl_f32_solve_cpu(const SolveArgs& args);
+void invconv_k5x5_c4_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k5x5_c4_tl_f64_solve_cpu(const SolveArgs& args);
+void invconv_k5x5_c4_tl_f64_transposed_cpu(const SolveArgs& args);
+#endif
+#if defined(IFLOW_HAS_invconv_k5x5_c12_tl)
+void invconv_k5x5_c12_tl_f32_solve_cpu(const SolveArgs& args);
+void invconv_k5x5_c12_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k5x5_c12_tl_f64_solve_cpu(const SolveArgs& args);
+void invconv_k5x5_c12_tl_f64_transposed_cpu(const SolveArgs& args);
+#endif
+#if defined(IFLOW_HAS_invconv_k5x5_c12_quad)
+void invconv_k5x5_c12_quad_f32_solve_cpu(const SolveArgs& args);
+void invconv_k5x5_c12_quad_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k5x5_c12_quad_f64_solve_cpu(const SolveArgs& args);
+void invconv_k5x5_c12_quad_f64_transposed_cpu(const SolveArgs& args);
+#endif
+#if defined(IFLOW_HAS_invconv_k5x5_c48_tl)
+void invconv_k5x5_c48_tl_f32_solve_cpu(const SolveArgs& args);
+void invconv_k5x5_c48_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k5x5_c48_tl_f64_solve_cpu(const SolveArgs& args);
+void invconv_k5x5_c48_tl_f64_transposed_cpu(const SolveArgs& args);
+#endif
 }  // namespace generated
 
 const SpecEntry kSpecializations[] = {
@@ -249,6 +273,30 @@ const SpecEntry kSpecializations[] = {
     {3, 3, 48, 4, 0, 1, "invconv_k3x3_c48_quad_f32_transposed_cpu", &generated::invconv_k3x3_c48_quad_f32_transposed_cpu},
     {3, 3, 48, 4, 1, 0, "invconv_k3x3_c48_quad_f64_solve_cpu", &generated::invconv_k3x3_c48_quad_f64_solve_cpu},
     {3, 3, 48, 4, 1, 1, "invconv_k3x3_c48_quad_f64_transposed_cpu", &generated::invconv_k3x3_c48_quad_f64_transposed_cpu},
+#endif
+#if defined(IFLOW_HAS_invconv_k5x5_c4_tl)
+    {5, 5, 4, 0, 0, 0, "invconv_k5x5_c4_tl_f32_solve_cpu", &generated::invconv_k5x5_c4_tl_f32_solve_cpu},
+    {5, 5, 4, 0, 0, 1, "invconv_k5x5_c4_tl_f32_transposed_cpu", &generated::invconv_k5x5_c4_tl_f32_transposed_cpu},
+    {5, 5, 4, 0, 1, 0, "invconv_k5x5_c4_tl_f64_solve_cpu", &generated::invconv_k5x5_c4_tl_f64_solve_cpu},
+    {5, 5, 4, 0, 1, 1, "invconv_k5x5_c4_tl_f64_transposed_cpu", &generated::invconv_k5x5_c4_tl_f64_transposed_cpu},
+#endif
+#if defined(IFLOW_HAS_invconv_k5x5_c12_tl)
+    {5, 5, 12, 0, 0, 0, "invconv_k5x5_c12_tl_f32_solve_cpu", &generated::invconv_k5x5_c12_tl_f32_solve_cpu},
+    {5, 5, 12, 0, 0, 1, "invconv_k5x5_c12_tl_f32_transposed_cpu", &generated::invconv_k5x5_c12_tl_f32_transposed_cpu},
+    {5, 5, 12, 0, 1, 0, "invconv_k5x5_c12_tl_f64_solve_cpu", &generated::invconv_k5x5_c12_tl_f64_solve_cpu},
+    {5, 5, 12, 0, 1, 1, "invconv_k5x5_c12_tl_f64_transposed_cpu", &generated::invconv_k5x5_c12_tl_f64_transposed_cpu},
+#endif
+#if defined(IFLOW_HAS_invconv_k5x5_c12_quad)
+    {5, 5, 12, 4, 0, 0, "invconv_k5x5_c12_quad_f32_solve_cpu", &generated::invconv_k5x5_c12_quad_f32_solve_cpu},
+    {5, 5, 12, 4, 0, 1, "invconv_k5x5_c12_quad_f32_transposed_cpu", &generated::invconv_k5x5_c12_quad_f32_transposed_cpu},
+    {5, 5, 12, 4, 1, 0, "invconv_k5x5_c12_quad_f64_solve_cpu", &generated::invconv_k5x5_c12_quad_f64_solve_cpu},
+    {5, 5, 12, 4, 1, 1, "invconv_k5x5_c12_quad_f64_transposed_cpu", &generated::invconv_k5x5_c12_quad_f64_transposed_cpu},
+#endif
+#if defined(IFLOW_HAS_invconv_k5x5_c48_tl)
+    {5, 5, 48, 0, 0, 0, "invconv_k5x5_c48_tl_f32_solve_cpu", &generated::invconv_k5x5_c48_tl_f32_solve_cpu},
+    {5, 5, 48, 0, 0, 1, "invconv_k5x5_c48_tl_f32_transposed_cpu", &generated::invconv_k5x5_c48_tl_f32_transposed_cpu},
+    {5, 5, 48, 0, 1, 0, "invconv_k5x5_c48_tl_f64_solve_cpu", &generated::invconv_k5x5_c48_tl_f64_solve_cpu},
+    {5, 5, 48, 0, 1, 1, "invconv_k5x5_c48_tl_f64_transposed_cpu", &generated::invconv_k5x5_c48_tl_f64_transposed_cpu},
 #endif
     {0, 0, 0, 0, 0, 0, nullptr, nullptr},  // sentinel: keeps the array non-empty
 };

@@ -22,6 +22,10 @@ set(INVERSEFLOW_SPEC_STEMS
   invconv_k2x2_c48_quad
   invconv_k3x3_c48_tl
   invconv_k3x3_c48_quad
+  invconv_k5x5_c4_tl
+  invconv_k5x5_c12_tl
+  invconv_k5x5_c12_quad
+  invconv_k5x5_c48_tl
 )
 set(INVERSEFLOW_CPU_SOURCE_invconv_k2x2_c4_tl generated/cpu/invconv_k2x2_c4_tl_cpu.cpp)
 set(INVERSEFLOW_CUDA_SOURCE_invconv_k2x2_c4_tl generated/cuda/invconv_k2x2_c4_tl_cuda.cu)
@@ -63,5 +67,13 @@ set(INVERSEFLOW_CPU_SOURCE_invconv_k3x3_c48_tl generated/cpu/invconv_k3x3_c48_tl
 set(INVERSEFLOW_CUDA_SOURCE_invconv_k3x3_c48_tl generated/cuda/invconv_k3x3_c48_tl_cuda.cu)
 set(INVERSEFLOW_CPU_SOURCE_invconv_k3x3_c48_quad generated/cpu/invconv_k3x3_c48_quad_cpu.cpp)
 set(INVERSEFLOW_CUDA_SOURCE_invconv_k3x3_c48_quad generated/cuda/invconv_k3x3_c48_quad_cuda.cu)
+set(INVERSEFLOW_CPU_SOURCE_invconv_k5x5_c4_tl generated/cpu/invconv_k5x5_c4_tl_cpu.cpp)
+set(INVERSEFLOW_CUDA_SOURCE_invconv_k5x5_c4_tl generated/cuda/invconv_k5x5_c4_tl_cuda.cu)
+set(INVERSEFLOW_CPU_SOURCE_invconv_k5x5_c12_tl generated/cpu/invconv_k5x5_c12_tl_cpu.cpp)
+set(INVERSEFLOW_CUDA_SOURCE_invconv_k5x5_c12_tl generated/cuda/invconv_k5x5_c12_tl_cuda.cu)
+set(INVERSEFLOW_CPU_SOURCE_invconv_k5x5_c12_quad generated/cpu/invconv_k5x5_c12_quad_cpu.cpp)
+set(INVERSEFLOW_CUDA_SOURCE_invconv_k5x5_c12_quad generated/cuda/invconv_k5x5_c12_quad_cuda.cu)
+set(INVERSEFLOW_CPU_SOURCE_invconv_k5x5_c48_tl generated/cpu/invconv_k5x5_c48_tl_cpu.cpp)
+set(INVERSEFLOW_CUDA_SOURCE_invconv_k5x5_c48_tl generated/cuda/invconv_k5x5_c48_tl_cuda.cu)
 set(INVERSEFLOW_CPU_REGISTRY generated/registry_cpu.cpp)
 set(INVERSEFLOW_CUDA_REGISTRY generated/registry_cuda.cu)
