@@ -33,49 +33,53 @@ def _unflip(x, dims):
     return x.flip(dims) if dims else x
 
 
-@torch.no_grad()
-def sequential_solve(y: torch.Tensor, weight: torch.Tensor, order: str = "TL") -> torch.Tensor:
+def _solve_top_left(y, weight, order, sweep) -> torch.Tensor:
+    """Runs ``sweep(yt, x, lower, taps, kh, kw)`` per group in top-left form; ``sweep``
+    fills the padded ``x`` whose zero border stands for the image's outside."""
     check_conv_args(y, weight, order, "y")
     out = torch.empty_like(y)
     for part, dims, yt, w, kh, kw in _groups_top_left(y, weight, order):
         b, c, h, wd = yt.shape
-        lower = w[:, :, kh - 1, kw - 1]
         taps = w.clone()
         taps[:, :, kh - 1, kw - 1] = 0
         x = y.new_zeros(b, c, h + kh - 1, wd + kw - 1)
-        for i in range(h):
-            for j in range(wd):
-                window = x[:, :, i:i + kh, j:j + kw]
-                r = yt[:, :, i, j] - torch.einsum("bcij,dcij->bd", window, taps)
-                x[:, :, i + kh - 1, j + kw - 1] = torch.linalg.solve_triangular(
-                    lower, r.T, upper=False, unitriangular=True).T
+        sweep(yt, x, w[:, :, kh - 1, kw - 1], taps, kh, kw)
         out[:, part] = _unflip(x[:, :, kh - 1:, kw - 1:], dims)
     return out
+
+
+def _raster_sweep(yt, x, lower, taps, kh, kw):
+    for i in range(yt.shape[2]):
+        for j in range(yt.shape[3]):
+            window = x[:, :, i:i + kh, j:j + kw]
+            r = yt[:, :, i, j] - torch.einsum("bcij,dcij->bd", window, taps)
+            x[:, :, i + kh - 1, j + kw - 1] = torch.linalg.solve_triangular(
+                lower, r.T, upper=False, unitriangular=True).T
+
+
+def _diagonal_sweep(yt, x, lower, taps, kh, kw):
+    b, c, h, wd = yt.shape
+    for d in range(h + wd - 1):
+        rows = torch.arange(max(0, d - wd + 1), min(d, h - 1) + 1, device=yt.device)
+        cols = d - rows
+        # Every tap's neighbours of every pixel on the diagonal, gathered at once.
+        ii = rows[:, None, None] + torch.arange(kh, device=yt.device)[None, :, None]
+        jj = cols[:, None, None] + torch.arange(kw, device=yt.device)[None, None, :]
+        window = x[:, :, ii, jj]                       # (b, c, n, kh, kw)
+        r = yt[:, :, rows, cols] - torch.einsum("bcnij,dcij->bdn", window, taps)
+        solved = torch.linalg.solve_triangular(lower, r.permute(1, 0, 2).reshape(c, -1),
+                                               upper=False, unitriangular=True)
+        x[:, :, rows + kh - 1, cols + kw - 1] = solved.reshape(c, b, -1).permute(1, 0, 2)
+
+
+@torch.no_grad()
+def sequential_solve(y: torch.Tensor, weight: torch.Tensor, order: str = "TL") -> torch.Tensor:
+    return _solve_top_left(y, weight, order, _raster_sweep)
 
 
 @torch.no_grad()
 def diagonal_solve(y: torch.Tensor, weight: torch.Tensor, order: str = "TL") -> torch.Tensor:
-    check_conv_args(y, weight, order, "y")
-    out = torch.empty_like(y)
-    for part, dims, yt, w, kh, kw in _groups_top_left(y, weight, order):
-        b, c, h, wd = yt.shape
-        lower = w[:, :, kh - 1, kw - 1]
-        taps = w.clone()
-        taps[:, :, kh - 1, kw - 1] = 0
-        x = y.new_zeros(b, c, h + kh - 1, wd + kw - 1)
-        for d in range(h + wd - 1):
-            rows = torch.arange(max(0, d - wd + 1), min(d, h - 1) + 1, device=y.device)
-            cols = d - rows
-            # Every tap's neighbours of every pixel on the diagonal, gathered at once.
-            ii = rows[:, None, None] + torch.arange(kh, device=y.device)[None, :, None]
-            jj = cols[:, None, None] + torch.arange(kw, device=y.device)[None, None, :]
-            window = x[:, :, ii, jj]                       # (b, c, n, kh, kw)
-            r = yt[:, :, rows, cols] - torch.einsum("bcnij,dcij->bdn", window, taps)
-            solved = torch.linalg.solve_triangular(lower, r.permute(1, 0, 2).reshape(c, -1),
-                                                   upper=False, unitriangular=True)
-            x[:, :, rows + kh - 1, cols + kw - 1] = solved.reshape(c, b, -1).permute(1, 0, 2)
-        out[:, part] = _unflip(x[:, :, kh - 1:, kw - 1:], dims)
-    return out
+    return _solve_top_left(y, weight, order, _diagonal_sweep)
 
 
 def dense_matrix(weight: torch.Tensor, order: str, shape) -> torch.Tensor:

@@ -11,7 +11,6 @@ import datetime
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -21,26 +20,13 @@ from . import _dispatch, _geometry, baselines
 from .memory import LargestAllocation
 from .models import from_preset
 from .ops import inv_conv2d
-from .timing import placement_timings
+from .timing import placement_timings, timings_ms
 
 OP_SHAPES = [(4, 14, 14), (12, 16, 16), (48, 4, 4), (12, 32, 32), (12, 64, 64)]
 KERNELS = (2, 3, 5)
 DENSE_MAX = 3072          # largest C·H·W for the O(n³) dense baseline
 SEQUENTIAL_MAX_PIXELS = 1024
 H200_HBM_BYTES_PER_S = 4.8e12
-
-
-def timings_ms(fn, repeats: int, sync) -> list[float]:
-    for _ in range(max(2, repeats // 10)):
-        fn()
-    sync()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        out.append((time.perf_counter() - start) * 1e3)
-    return out
 
 
 def summary(samples: list[float]) -> dict:

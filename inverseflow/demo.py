@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from . import _dispatch, _geometry
 from .ops import causal_conv2d, inv_conv2d
-
-
-def median_ms(fn, repeats: int = 50) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+from .timing import timings_ms
 
 
 def run(batch: int = 64, channels: int = 12, size: int = 16, kernel: int = 3,
@@ -40,7 +29,7 @@ def run(batch: int = 64, channels: int = 12, size: int = 16, kernel: int = 3,
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def timed(fn):
-        return median_ms(lambda: (fn(), sync()))
+        return statistics.median(timings_ms(fn, 50, sync))
 
     conv_ms = timed(lambda: F.conv2d(padded, dense_weight, groups=1))
     inv_ms = timed(lambda: inv_conv2d(y, weight, order))

@@ -10,17 +10,23 @@ import torch
 from .nn import InvConv2d
 
 
-def _median_ms(fn, device, repeats: int) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
+def timings_ms(fn, repeats: int, sync) -> list[float]:
+    """Wall times in ms of ``repeats`` calls after a warm-up, with ``sync`` after each."""
+    for _ in range(max(1, repeats // 10)):
+        fn()
     sync()
-    times = []
+    out = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        out.append((time.perf_counter() - start) * 1e3)
+    return out
+
+
+def _median_ms(fn, device, repeats: int) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return statistics.median(timings_ms(fn, repeats, sync))
 
 
 @torch.no_grad()
