@@ -131,7 +131,7 @@ class Progress:
         rate = (step - self.start_step) / max(time.perf_counter() - self.t0, 1e-9)
         filled = int(30 * step / self.total)
         line = (f"step {step}/{self.total} [{'#' * filled}{'.' * (30 - filled)}] "
-                f"train bits/dim {loss:.4f}  {rate:.2f} it/s")
+                f"loss (train bits/dim) {loss:.4f}  {rate:.2f} it/s")
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n",
               file=sys.stderr, flush=True)
 
