@@ -170,8 +170,6 @@ def _train(config: TrainConfig, device, ctx) -> dict:
         raise ValueError(f"batch size {global_batch} exceeds the {len(data.train)} training images")
     total_steps = config.steps or config.epochs * (len(data.train) // global_batch)
     torch.manual_seed(config.seed)
-    model = _build(config, data.image_shape).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     start_step, losses, train_seconds, initial_bpd = 0, [], 0.0, None
     if config.resume:
@@ -192,6 +190,8 @@ def _train(config: TrainConfig, device, ctx) -> dict:
         if ckpt_path.exists():
             raise ValueError(f"{ckpt_path} exists: pass --resume to continue it, or choose "
                              "another --out")
+        model = _build(config, data.image_shape).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         # ActNorm's data-dependent initialisation, on the first batch (before DDP wraps
         # the model, so that rank 0's values are broadcast to every rank).
         first = data.train[batch_indices(len(data.train), global_batch, 0, config.seed, ctx)]

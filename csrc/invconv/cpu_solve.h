@@ -41,16 +41,25 @@ constexpr int chunk_for(int cg) {
   return 1;
 }
 
-struct Geometry {
-  int64_t height, width;  // image
-  int64_t padded_width;   // width + kw - 1
+// Where one block's samples live in NCHW memory and in the packed buffer.
+struct BlockLayout {
+  int64_t height, width, padded_width;
+  int64_t sample_stride, channel_stride;  // NCHW strides, in elements
   int kh, kw, cg;
+  bool flip_rows, flip_cols;
+
+  // Index (in vectors) of the packed pixel for image row h, column w, channel c.
+  int64_t packed(int64_t h, int64_t w, int c) const {
+    const int64_t hh = (flip_rows ? height - 1 - h : h) + kh - 1;
+    const int64_t ww = (flip_cols ? width - 1 - w : w) + kw - 1;
+    return (hh * padded_width + ww) * cg + c;
+  }
 };
 
 // Solves one packed block in place. On entry the interior of `buf` holds y (top-left
 // form) and its border is zero; on exit the interior holds x.
 template <typename T, int Lanes, int CG, int KH, int KW, bool Transposed>
-void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Geometry& g) {
+void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const BlockLayout& g) {
   using V = typename Vec<T, Lanes>::type;
   constexpr bool kStatic = CG > 0 && KH > 0 && KW > 0;
   const int cg = kStatic ? CG : g.cg;
@@ -112,21 +121,6 @@ void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Geom
     }
   }
 }
-
-// Where one block's samples live in NCHW memory and in the packed buffer.
-struct BlockLayout {
-  int64_t height, width, padded_width;
-  int64_t sample_stride, channel_stride;  // NCHW strides, in elements
-  int kh, kw, cg;
-  bool flip_rows, flip_cols;
-
-  // Index (in vectors) of the packed pixel for image row h, column w, channel c.
-  int64_t packed(int64_t h, int64_t w, int c) const {
-    const int64_t hh = (flip_rows ? height - 1 - h : h) + kh - 1;
-    const int64_t ww = (flip_cols ? width - 1 - w : w) + kw - 1;
-    return (hh * padded_width + ww) * cg + c;
-  }
-};
 
 #if defined(__GNUC__) && !defined(__clang__)
 #define IFLOW_HAVE_SHUFFLE 1
@@ -239,7 +233,6 @@ void solve_block(const SolveArgs& args, const T* folded_all, int64_t b0, int nb,
   const int64_t plane = H * W;
   const int corner = group_corner(args.pattern, group);
   const bool fr = flips_rows(corner, Transposed), fc = flips_cols(corner, Transposed);
-  const Geometry geo{H, W, pw, kh, kw, cg};
 
   const size_t need = size_t((H + kh - 1) * pw * cg);
   if (buf.size() != need) buf.assign(need, V{});
@@ -251,7 +244,7 @@ void solve_block(const SolveArgs& args, const T* folded_all, int64_t b0, int nb,
   pack_block<T, Lanes>(y, nb, layout, buf.data());
   solve_packed<T, Lanes, CG, KH, KW, Transposed>(buf.data(),
                                                  folded_all + int64_t(group) * kh * kw * cg * cg,
-                                                 geo);
+                                                 layout);
   unpack_block<T, Lanes>(buf.data(), nb, layout, x);
 }
 
