@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_json
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
+                         save_json)
 from .data import load_dataset
 from .imageio import save_grid
 from .models import build_model, from_preset
@@ -177,10 +178,13 @@ def _train(config: TrainConfig, device, ctx) -> dict:
         if state["dataset"] != config.dataset or state["model_config"]["model"] != config.model:
             raise ValueError(f"{ckpt_path} is a {state['model_config']['model']} run on "
                              f"{state['dataset']}, not {config.model} on {config.dataset}")
-        model = build_model(state["model_config"]).to(device)
-        model.load_state_dict(state["model"])
+        model = restore_model(state, ckpt_path, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{ckpt_path} is malformed: its optimizer state does not "
+                                  f"fit the model ({type(exc).__name__}: {exc})") from None
         start_step, losses = state["step"], list(state["losses"])
         train_seconds, initial_bpd = state["train_seconds"], state["initial_test_bpd"]
         if start_step >= total_steps:
@@ -271,8 +275,17 @@ def _train(config: TrainConfig, device, ctx) -> dict:
     return metrics
 
 
+def restore_model(state: dict, path, device="cpu"):
+    """Rebuilds the model a loaded checkpoint describes; errors name ``path``."""
+    try:
+        model = build_model(state["model_config"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is malformed: its model_config and model state do not "
+                              f"build a model ({type(exc).__name__}: {exc})") from None
+    return model.to(device)
+
+
 def load_trained(checkpoint: str, device: str = "cpu"):
     state = load_checkpoint(checkpoint, map_location=device)
-    model = build_model(state["model_config"]).to(device)
-    model.load_state_dict(state["model"])
-    return model.eval(), state
+    return restore_model(state, checkpoint, device).eval(), state

@@ -70,7 +70,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     monkeypatch.setattr(InverseFlow, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match="non-finite loss at step 5"):
         train(_config(tmp_path, steps=8))
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 4 and all(torch.isfinite(torch.tensor(state["losses"])))
     assert not (tmp_path / "metrics.json").exists()
 
