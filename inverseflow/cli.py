@@ -16,7 +16,7 @@ def _info(args) -> int:
 
 
 def _demo(args) -> int:
-    from . import demo
+    from .bench import demo
 
     result = demo.run(args.batch, args.channels, args.size, args.kernel, args.order, args.device)
     print(demo.format_report(result))
@@ -29,7 +29,7 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from pathlib import Path
 
-    from . import bench
+    from .bench import suite as bench
 
     result = bench.run(args.device, args.quick)
     for path in bench.write(result, Path(args.out)):
@@ -78,7 +78,7 @@ def _eval(args) -> int:
 def _sample(args) -> int:
     import torch
 
-    from .imageio import save_grid
+    from .train.grids import save_grid
     from .train import load_trained
 
     if not args.temperature > 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _backends
+from .ops import _backends
 
 PATTERNS = ("tl", "tr", "bl", "br", "quad")
 DTYPES = ("float32", "float64")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import inverseflow
-from inverseflow import baselines, bench
+from inverseflow.bench import baselines
+from inverseflow.bench import suite as bench
 
 
 @pytest.mark.parametrize("order", ["TL", "TR", "BL", "BR", "quad"])

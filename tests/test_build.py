@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 
 from codegen.spec import parse_specs
-from inverseflow import _backends, info
+from inverseflow import info
+from inverseflow.ops import _backends
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _built_modules():
     names = ["_cpu"] + ([] if _backends.import_error("_cuda") else ["_cuda"])
-    return [importlib.import_module(f"inverseflow.{name}") for name in names]
+    return [importlib.import_module(f"inverseflow.ops.{name}") for name in names]
 
 
 @pytest.mark.skipif(shutil.which("readelf") is None, reason="needs readelf")

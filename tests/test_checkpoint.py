@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("sklearn", reason="the digits dataset comes from scikit-learn")
 
-from inverseflow.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from inverseflow.train.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from inverseflow.train import TrainConfig, load_trained, train  # noqa: E402
 
 

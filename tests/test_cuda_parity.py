@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import inverseflow
-from inverseflow import _backends, _dispatch
+from inverseflow.ops import _backends, _dispatch
 
 import oracle
 from test_ops_oracle import CASES, SPECIALIZED_SHAPES

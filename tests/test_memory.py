@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import inverseflow
-from inverseflow.memory import LargestAllocation
+from inverseflow.bench.memory import LargestAllocation
 
 
 @pytest.mark.parametrize("order", ["TL", "BR", "quad"])

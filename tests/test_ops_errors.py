@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import inverseflow
-from inverseflow import _dispatch
+from inverseflow.ops import _dispatch
 
 import oracle
 

@@ -124,7 +124,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
 
 
 def test_batches_partition_each_epoch_across_ranks():
-    from inverseflow.distributed import Context
+    from inverseflow.train.distributed import Context
     from inverseflow.train import batch_indices
 
     n, per_rank, world = 103, 8, 3
@@ -153,7 +153,7 @@ def test_png_grid_round_trips(tmp_path):
     import struct
     import zlib
 
-    from inverseflow.imageio import save_grid
+    from inverseflow.train.grids import save_grid
 
     images = torch.rand(3, 1, 5, 4)
     path = save_grid(images, tmp_path / "g.png", ncols=3, pad=0)

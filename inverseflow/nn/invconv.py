@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validate import ORDERS, check_order
 from ..ops import causal_conv2d, inv_conv2d
+from ..ops._validate import ORDERS, check_order
 
 PLACEMENTS = ("density", "sampling")
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _geometry
-from ._validate import check_conv_args
-from .ops import causal_conv2d
+from ..ops import _geometry, causal_conv2d
+from ..ops._validate import check_conv_args
 
 
 def _groups_top_left(y, weight, order):

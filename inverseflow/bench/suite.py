@@ -2,7 +2,7 @@
 
 Every ratio is measured side by side in one process: the specialized inverse against
 ``F.conv2d`` on the same padded shape, the generic kernel, the baselines of
-:mod:`inverseflow.baselines`, and at model level both placements against Glow.
+:mod:`inverseflow.bench.baselines`, and at model level both placements against Glow.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import _dispatch, _geometry, baselines
+from ..models import from_preset
+from ..models.timing import placement_timings, timings_ms
+from ..ops import _dispatch, _geometry, inv_conv2d
+from . import baselines
 from .memory import LargestAllocation
-from .models import from_preset
-from .ops import inv_conv2d
-from .timing import placement_timings, timings_ms
 
 OP_SHAPES = [(4, 14, 14), (12, 16, 16), (48, 4, 4), (12, 32, 32), (12, 64, 64)]
 KERNELS = (2, 3, 5)

@@ -1,7 +1,7 @@
 """The torch ops ``inverseflow::inv_conv2d`` and ``inverseflow::causal_conv2d``.
 
 Registered once, here, with ``torch.library``: kernels (CPU, CUDA) through
-:mod:`inverseflow._dispatch`, fake kernels for ``torch.compile``, and autograd following
+:mod:`inverseflow.ops._dispatch`, fake kernels for ``torch.compile``, and autograd following
 DESIGN.md §2: the backward of the inverse is a transposed solve plus the standard conv
 weight gradient, so it saves only ``x`` and ``weight``.
 """

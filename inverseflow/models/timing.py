@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from .nn import InvConv2d
+from ..nn import InvConv2d
 
 
 def timings_ms(fn, repeats: int, sync) -> list[float]:

@@ -22,7 +22,7 @@ def build_info() -> dict:
 @functools.lru_cache(maxsize=None)
 def _import(name: str):
     try:
-        return importlib.import_module(f"inverseflow.{name}"), None
+        return importlib.import_module(f"inverseflow.ops.{name}"), None
     except ImportError as exc:
         return None, f"{type(exc).__name__}: {exc}"
 

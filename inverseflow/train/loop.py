@@ -19,10 +19,10 @@ import torch
 from . import distributed
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
                          save_json)
-from .data import load_dataset
-from .imageio import save_grid
-from .models import build_model, from_preset
-from .timing import placement_timings
+from ..data import load_dataset
+from ..models import build_model, from_preset
+from ..models.timing import placement_timings
+from .grids import save_grid
 
 
 class TrainingDiverged(RuntimeError):

@@ -7,9 +7,8 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from . import _dispatch, _geometry
-from .ops import causal_conv2d, inv_conv2d
-from .timing import timings_ms
+from ..models.timing import timings_ms
+from ..ops import _dispatch, _geometry, causal_conv2d, inv_conv2d
 
 
 def run(batch: int = 64, channels: int = 12, size: int = 16, kernel: int = 3,
