@@ -5,11 +5,15 @@ Every layer maps the data side to the latent side with ``forward(x) -> (z, logde
 """
 
 from .actnorm import ActNorm
+from .activations import SmoothLeakyReLU, SplineActivation
 from .conv1x1 import InvertibleConv1x1
+from .convexp import ConvergenceError, ConvExp2d
 from .coupling import AffineCoupling
+from .emerging import EmergingConv2d
 from .invconv import InvConv2d
 from .preprocess import Dequantize, LogitTransform
 from .reshape import Split, Squeeze
 
 __all__ = ["ActNorm", "InvertibleConv1x1", "AffineCoupling", "InvConv2d", "Dequantize",
-           "LogitTransform", "Split", "Squeeze"]
+           "LogitTransform", "Split", "Squeeze", "EmergingConv2d", "ConvExp2d", "ConvergenceError",
+           "SmoothLeakyReLU", "SplineActivation"]

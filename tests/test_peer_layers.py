@@ -1,0 +1,163 @@
+"""The peer layers of the paper's comparison (DESIGN §10): exact log-det against the dense
+Jacobian, round trips, gradcheck, and clear errors on bad input."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import oracle
+from inverseflow.nn import (ConvergenceError, ConvExp2d, EmergingConv2d, SmoothLeakyReLU,
+                            SplineActivation)
+
+SHAPE = (2, 3, 3)        # C, H, W: small enough for a dense (18×18) Jacobian
+
+
+def _perturb(layer, rng, scale=0.3):
+    """Moves every parameter off its initial value (zero inits would hide log-det terms)."""
+    layer = layer.double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=rng, dtype=p.dtype))
+    return layer
+
+
+def _layers(rng):
+    return {
+        "emerging": _perturb(EmergingConv2d(SHAPE[0], kernel_size=2), rng, 0.2),
+        "conv-exp": _perturb(ConvExp2d(SHAPE[0], kernel_size=3), rng),
+        "conv-exp-even": _perturb(ConvExp2d(SHAPE[0], kernel_size=2), rng),
+        "smooth-leaky-relu": SmoothLeakyReLU(0.3).double(),
+        "spline": _perturb(SplineActivation(SHAPE, bins=5, bound=3.0), rng, 1.0),
+    }
+
+
+LAYERS = ["emerging", "conv-exp", "conv-exp-even", "smooth-leaky-relu", "spline"]
+
+
+def _inputs(batch, rng):
+    return 2.0 * torch.randn(batch, *SHAPE, generator=rng, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_logdet_matches_dense_jacobian(name, rng):
+    layer = _layers(rng)[name]
+    x = _inputs(3, rng)
+    y, logdet = layer(x)
+    assert y.shape == x.shape and logdet.shape == (3,)
+    for i in range(3):
+        jac = torch.autograd.functional.jacobian(
+            lambda v: layer(v.reshape(1, *SHAPE))[0].flatten(), x[i].flatten())
+        sign, expected = torch.linalg.slogdet(jac)
+        assert sign > 0
+        assert abs(logdet[i].item() - expected.item()) < 1e-9, (name, logdet[i], expected)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_round_trip(name, rng):
+    layer = _layers(rng)[name]
+    x = _inputs(4, rng)
+    assert torch.allclose(layer.inverse(layer(x)[0]), x, atol=1e-10, rtol=0)
+    y = _inputs(4, rng)
+    assert torch.allclose(layer(layer.inverse(y))[0], y, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_gradcheck_forward_and_inverse(name, rng):
+    layer = _layers(rng)[name]
+    params = list(layer.parameters())
+    x = _inputs(2, rng).requires_grad_()
+
+    def forward(x, *ps):
+        return layer(x)
+
+    def inverse(x, *ps):
+        return layer.inverse(x)
+
+    assert torch.autograd.gradcheck(forward, (x, *params), atol=1e-6)
+    assert torch.autograd.gradcheck(inverse, (x, *params), atol=1e-6)
+
+
+def test_emerging_is_two_opposite_causal_convs(rng):
+    layer = _layers(rng)["emerging"]
+    x = _inputs(2, rng)
+    expected = oracle.causal_conv(oracle.causal_conv(x, layer.first.weight.detach(), "TL"),
+                                  layer.second.weight.detach(), "BR")
+    assert torch.allclose(layer(x)[0], expected, atol=1e-12, rtol=0)
+
+
+def test_conv_exp_matches_matrix_exponential(rng):
+    layer = _layers(rng)["conv-exp"]
+    c, h, w = SHAPE
+    n = c * h * w
+    m = layer.kernel().detach()
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, *SHAPE)
+    dense = F.conv2d(basis, m, padding=1).reshape(n, n).T       # column j = M e_j
+    x = _inputs(2, rng)
+    expected = (torch.linalg.matrix_exp(dense) @ x.reshape(2, n).T).T.reshape(x.shape)
+    assert torch.allclose(layer(x)[0], expected, atol=1e-12, rtol=0)
+
+
+def test_conv_exp_kernel_norm_is_limited(rng):
+    layer = ConvExp2d(3, kernel_size=3, max_norm=0.5).double()
+    with torch.no_grad():
+        layer.weight.mul_(100)
+    dense = F.conv2d(torch.eye(3 * 16, dtype=torch.float64).reshape(-1, 3, 4, 4),
+                     layer.kernel().detach(), padding=1).reshape(48, 48)
+    assert torch.linalg.matrix_norm(dense, ord=2) <= 0.5 + 1e-12
+
+
+def test_conv_exp_series_that_does_not_converge_raises(rng):
+    layer = ConvExp2d(2, kernel_size=3, max_norm=None, max_terms=8).double()
+    with torch.no_grad():
+        layer.weight.normal_(0, 3.0, generator=rng)
+    with pytest.raises(ConvergenceError, match="did not converge"):
+        layer(_inputs(2, rng))
+
+
+def test_conv_exp_nan_propagates(rng):
+    layer = ConvExp2d(2, kernel_size=3).double()
+    x = _inputs(1, rng)[:, :2]
+    x[0, 0, 1, 1] = float("nan")
+    assert torch.isnan(layer(x)[0]).any()
+
+
+def test_smooth_leaky_relu_inverse_of_extreme_values(rng):
+    layer = SmoothLeakyReLU(0.3).double()
+    x = torch.tensor([-1e4, -50.0, -1e-8, 0.0, 1e-8, 40.0, 1e4], dtype=torch.float64)
+    back = layer.inverse(layer(x[None])[0])[0]
+    assert torch.allclose(back, x, rtol=1e-12, atol=1e-12)
+
+
+def test_spline_starts_as_identity(rng):
+    layer = SplineActivation(SHAPE).double()
+    x = _inputs(2, rng)
+    y, logdet = layer(x)
+    assert torch.allclose(y, x, atol=1e-12) and torch.allclose(logdet, torch.zeros(2, dtype=torch.float64), atol=1e-12)
+
+
+@pytest.mark.parametrize("make,kwargs,match", [
+    (SmoothLeakyReLU, dict(alpha=0.0), "alpha"),
+    (SmoothLeakyReLU, dict(alpha=1.5), "alpha"),
+    (ConvExp2d, dict(channels=0), "channels"),
+    (ConvExp2d, dict(channels=2, max_norm=-1.0), "max_norm"),
+    (ConvExp2d, dict(channels=2, tolerance=2.0), "tolerance"),
+    (EmergingConv2d, dict(channels=0), "channels"),
+    (SplineActivation, dict(shape=(2, -1)), "shape"),
+    (SplineActivation, dict(shape=(2,), bins=1), "bins"),
+])
+def test_bad_arguments(make, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make(**kwargs)
+
+
+def test_bad_inputs(rng):
+    with pytest.raises(ValueError, match="NaN"):
+        SmoothLeakyReLU().inverse(torch.tensor([[0.0, math.nan]]))
+    with pytest.raises(ValueError, match="shape"):
+        SplineActivation((2, 3, 3))(torch.zeros(1, 2, 3, 4))
+    with pytest.raises(ValueError, match="shape"):
+        SplineActivation((2, 3, 3)).inverse(torch.zeros(2, 3, 3))
+    with pytest.raises(ValueError, match="x must have shape"):
+        ConvExp2d(2)(torch.zeros(1, 3, 4, 4))
