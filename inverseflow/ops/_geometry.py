@@ -49,11 +49,12 @@ def _center_parts(weight: torch.Tensor, order: str) -> tuple[torch.Tensor, torch
     """(keep, identity): keep is False where M overrides the weight; identity is M there.
 
     Eager calls reuse cached constants (building them is ~20 small ops, which dominated
-    a batch-1 sampling pass); traced calls (torch.compile, fake tensors) build fresh ones.
+    a batch-1 sampling pass); traced calls (torch.compile, fake tensors) and calls under
+    torch.func transforms (whose tensors made inside one must not outlive it) build fresh ones.
     """
     key = (tuple(weight.shape), order, weight.dtype, weight.device)
-    if torch.compiler.is_compiling() or type(weight) is not torch.Tensor and not isinstance(
-            weight, torch.nn.Parameter):
+    if (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or type(weight) is not torch.Tensor and not isinstance(weight, torch.nn.Parameter)):
         return _build_center_parts(*key)
     return _cached_center_parts(*key)
 
@@ -83,13 +84,32 @@ def causal_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Te
     return torch.cat(parts, dim=1)
 
 
+def causal_conv_adjoint(u: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:
+    """The adjoint of :func:`causal_conv` in its input: conv_transpose2d, cropped to the
+    unpadded image."""
+    kh, kw = weight_m.shape[2], weight_m.shape[3]
+    parts = []
+    for corner, part in groups(order, u.shape[1]):
+        left, right, top, bottom = padding(corner, kh, kw)
+        full = F.conv_transpose2d(u[:, part], weight_m[part])
+        parts.append(full[:, :, top:full.shape[2] - bottom, left:full.shape[3] - right])
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 def conv_weight_grad(inp: torch.Tensor, grad_out: torch.Tensor, weight_shape, order: str):
-    """d<grad_out, causal_conv(inp, W)>/dW, unmasked (the standard conv weight gradient)."""
+    """d<grad_out, causal_conv(inp, W)>/dW, unmasked (the standard conv weight gradient).
+
+    Calls ``aten.convolution_backward`` with the real weight's shape as a zero-stride
+    tensor: ``torch.nn.grad.conv2d_weight`` does the same, but its ``expand`` of a
+    Python-int shape broke backward under ``torch.compile(dynamic=True)`` when H or W
+    changed.
+    """
     kh, kw = weight_shape[2], weight_shape[3]
     parts = []
     for corner, part in groups(order, inp.shape[1]):
         cg = part.stop - part.start
-        parts.append(torch.nn.grad.conv2d_weight(
-            F.pad(inp[:, part], padding(corner, kh, kw)), (cg, weight_shape[1], kh, kw),
-            grad_out[:, part]))
+        shape_only = grad_out.new_zeros(()).expand(cg, weight_shape[1], kh, kw)
+        parts.append(torch.ops.aten.convolution_backward(
+            grad_out[:, part], F.pad(inp[:, part], padding(corner, kh, kw)), shape_only,
+            None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, (False, True, False))[1])
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)

@@ -1,9 +1,10 @@
 """The torch ops ``inverseflow::inv_conv2d`` and ``inverseflow::causal_conv2d``.
 
 Registered once, here, with ``torch.library``: kernels (CPU, CUDA) through
-:mod:`inverseflow.ops._dispatch`, fake kernels for ``torch.compile``, and autograd following
-DESIGN.md §2: the backward of the inverse is a transposed solve plus the standard conv
-weight gradient, so it saves only ``x`` and ``weight``.
+:mod:`inverseflow.ops._dispatch`, fake kernels for ``torch.compile``, a batching rule for
+``vmap``, and autograd following DESIGN.md §2: the backward of the inverse is a transposed
+solve plus the standard conv weight gradient, so it saves only ``x`` and ``weight``; the
+forward-mode tangent is one more solve plus a causal conv with the weight's tangent.
 """
 
 from __future__ import annotations
@@ -19,34 +20,28 @@ def _empty_output(y: Tensor) -> Tensor:
     return torch.empty_like(y, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("inverseflow::inv_conv2d", mutates_args=(), device_types=("cpu", "cuda"))
-def _inv_conv2d_op(y: Tensor, weight: Tensor, order: str) -> Tensor:
-    return _dispatch.solve(y, weight, order, _dispatch.SOLVE)[0]
+_SOLVE_SCHEMA = "(Tensor {arg}, Tensor weight, str order) -> Tensor"
+torch.library.define("inverseflow::inv_conv2d", _SOLVE_SCHEMA.format(arg="y"))
+torch.library.define("inverseflow::inv_conv2d_transposed", _SOLVE_SCHEMA.format(arg="g"))
+_LIB = torch.library.Library("inverseflow", "IMPL")
 
 
-@torch.library.custom_op("inverseflow::inv_conv2d_transposed", mutates_args=(),
-                         device_types=("cpu", "cuda"))
-def _inv_conv2d_transposed_op(g: Tensor, weight: Tensor, order: str) -> Tensor:
-    """Solves T(W)^T u = g, with T(W) the causal conv: the adjoint of the inverse."""
-    return _dispatch.solve(g, weight, order, _dispatch.TRANSPOSED)[0]
+def _solve_kernel(direction, arg_name):
+    def kernel(y, weight, order):
+        return _dispatch.solve(y, weight, order, direction)[0]
+
+    def fake(y, weight, order):
+        check_conv_args(y, weight, order, arg_name)
+        return _empty_output(y)
+    return kernel, fake
 
 
-@_inv_conv2d_op.register_fake
-def _(y, weight, order):
-    check_conv_args(y, weight, order, "y")
-    return _empty_output(y)
-
-
-@_inv_conv2d_transposed_op.register_fake
-def _(g, weight, order):
-    check_conv_args(g, weight, order, "g")
-    return _empty_output(g)
-
-
-def _save_output_and_weight(ctx, inputs, output):
-    _, weight, order = inputs
-    ctx.order = order
-    ctx.save_for_backward(output, weight)
+for _name, _direction, _arg in (("inv_conv2d", _dispatch.SOLVE, "y"),
+                                ("inv_conv2d_transposed", _dispatch.TRANSPOSED, "g")):
+    _kernel, _fake = _solve_kernel(_direction, _arg)
+    for _device in ("CPU", "CUDA"):
+        torch.library.impl(f"inverseflow::{_name}", _device, _kernel, lib=_LIB)
+    torch.library.register_fake(f"inverseflow::{_name}", _fake, lib=_LIB)
 
 
 def _weight_grad(inp: Tensor, grad_out: Tensor, weight: Tensor, order: str) -> Tensor:
@@ -54,25 +49,127 @@ def _weight_grad(inp: Tensor, grad_out: Tensor, weight: Tensor, order: str) -> T
     return -_geometry.mask_gradient(grad, order)
 
 
-def _inv_conv2d_backward(ctx, grad_x):
-    # x = T⁻¹y: dL/dy = T⁻ᵀ g and dL/dW = −conv_weight_grad(x, T⁻ᵀ g).
-    x, weight = ctx.saved_tensors
-    grad_y = torch.ops.inverseflow.inv_conv2d_transposed(grad_x, weight, ctx.order)
-    grad_w = _weight_grad(x, grad_y, weight, ctx.order) if ctx.needs_input_grad[1] else None
-    return grad_y, grad_w, None
+def _conv_with_weight_tangent(x: Tensor, weight_tangent: Tensor, order: str,
+                              adjoint: bool = False) -> Tensor:
+    """Ṫx (or Ṫᵀx): the causal conv with the weight's tangent. M's fixed entries (the
+    center's unit diagonal) are constants, so the tangent is masked to zero there."""
+    tangent_m = _geometry.mask_gradient(weight_tangent, order)
+    if adjoint:
+        return _geometry.causal_conv_adjoint(x, tangent_m, order)
+    return _geometry.causal_conv(x, tangent_m, order)
 
 
-def _inv_conv2d_transposed_backward(ctx, grad_u):
-    # u = T⁻ᵀg: dL/dg = T⁻¹ h and dL/dW = −conv_weight_grad(T⁻¹ h, u).
-    u, weight = ctx.saved_tensors
-    grad_g = torch.ops.inverseflow.inv_conv2d(grad_u, weight, ctx.order)
-    grad_w = _weight_grad(grad_g, u, weight, ctx.order) if ctx.needs_input_grad[1] else None
-    return grad_g, grad_w, None
+def _solve_tangent(solve, out, weight, order, rhs_tangent, weight_tangent, adjoint):
+    # From T x = y (or Tᵀu = g): ẋ = T⁻¹(ẏ − Ṫx); one more solve and one causal conv.
+    rhs = rhs_tangent if rhs_tangent is not None else torch.zeros_like(out)
+    if weight_tangent is not None:
+        rhs = rhs - _conv_with_weight_tangent(out, weight_tangent, order, adjoint)
+    return solve.apply(rhs, weight, order)
 
 
-_inv_conv2d_op.register_autograd(_inv_conv2d_backward, setup_context=_save_output_and_weight)
-_inv_conv2d_transposed_op.register_autograd(_inv_conv2d_transposed_backward,
-                                            setup_context=_save_output_and_weight)
+class _InvConv2d(torch.autograd.Function):
+    """Autograd of ``x = T(W)⁻¹y`` for every mode: backward (DESIGN.md §2), forward-mode
+    jvp, and torch.func transforms (vmap through the ops' batching rule)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(y, weight, order):
+        return torch.ops.inverseflow.inv_conv2d(y, weight, order)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, weight, order = inputs
+        ctx.order = order
+        ctx.save_for_backward(output, weight)
+        ctx.save_for_forward(output, weight)
+
+    @staticmethod
+    def backward(ctx, grad_x):
+        # dL/dy = T⁻ᵀ g and dL/dW = −conv_weight_grad(x, T⁻ᵀ g).
+        x, weight = ctx.saved_tensors
+        grad_y = _InvConv2dTransposed.apply(grad_x, weight, ctx.order)
+        grad_w = _weight_grad(x, grad_y, weight, ctx.order) if ctx.needs_input_grad[1] else None
+        return grad_y, grad_w, None
+
+    @staticmethod
+    def jvp(ctx, y_tangent, weight_tangent, _):
+        x, weight = ctx.saved_tensors
+        return _solve_tangent(_InvConv2d, x, weight, ctx.order, y_tangent, weight_tangent,
+                              adjoint=False)
+
+
+class _InvConv2dTransposed(torch.autograd.Function):
+    """Autograd of ``u = T(W)⁻ᵀg``, the adjoint solve (so backward is differentiable in
+    every mode too)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g, weight, order):
+        return torch.ops.inverseflow.inv_conv2d_transposed(g, weight, order)
+
+    setup_context = _InvConv2d.setup_context
+
+    @staticmethod
+    def backward(ctx, grad_u):
+        # dL/dg = T⁻¹ h and dL/dW = −conv_weight_grad(T⁻¹ h, u).
+        u, weight = ctx.saved_tensors
+        grad_g = _InvConv2d.apply(grad_u, weight, ctx.order)
+        grad_w = _weight_grad(grad_g, u, weight, ctx.order) if ctx.needs_input_grad[1] else None
+        return grad_g, grad_w, None
+
+    @staticmethod
+    def jvp(ctx, g_tangent, weight_tangent, _):
+        u, weight = ctx.saved_tensors
+        return _solve_tangent(_InvConv2dTransposed, u, weight, ctx.order, g_tangent,
+                              weight_tangent, adjoint=True)
+
+
+def _autograd_kernel(op, function, public_name):
+    """The ops' Autograd kernel (plain autograd, forward AD and torch.compile's tracing).
+
+    torch.library's ``register_autograd`` builds a Function without a jvp (forward-mode
+    tangents came out silently zero), so the ops route through the Functions above.
+    Inside ``Function.forward`` both grad modes are off and the call goes below autograd.
+    torch.func transforms must meet the Function in Python, before the dispatcher (the
+    public functions do that); at this level it can no longer take part in them.
+    """
+    def kernel(keyset, a, weight, order):
+        if torch._C._are_functorch_transforms_active():
+            raise RuntimeError(
+                f"torch.ops.inverseflow.{op.__name__.split('.')[0]} was called directly under a "
+                f"torch.func transform (grad, jacrev, jacfwd, jvp, vmap, hessian); call "
+                f"{public_name} instead, which supports them")
+        if torch.is_grad_enabled() or torch._C._is_fwd_grad_enabled():
+            return function.apply(a, weight, order)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, a, weight, order)
+    return kernel
+
+
+def _batching_rule(op):
+    """vmap: batch dims of the image fold into N; a batched weight runs one solve each."""
+    def rule(info, in_dims, a, weight, order):
+        a_dim, weight_dim = in_dims[0], in_dims[1]
+        size = info.batch_size
+        if weight_dim is None:
+            a = a.movedim(a_dim, 0)
+            out = op(a.reshape(size * a.shape[1], *a.shape[2:]), weight, order)
+            return out.reshape(a.shape), 0
+        weight = weight.movedim(weight_dim, 0)
+        a = a.movedim(a_dim, 0) if a_dim is not None else a.expand(size, *a.shape)
+        return torch.stack([op(a[i], weight[i], order) for i in range(size)]), 0
+    return rule
+
+
+for _name, _function, _public in (
+        ("inv_conv2d", _InvConv2d, "inverseflow.inv_conv2d"),
+        ("inv_conv2d_transposed", _InvConv2dTransposed,
+         "inverseflow.ops.inv_conv2d_transposed")):
+    _op = getattr(torch.ops.inverseflow, _name).default
+    _LIB.impl(_name, _autograd_kernel(_op, _function, _public), "Autograd", with_keyset=True)
+    torch.library.register_vmap(f"inverseflow::{_name}", _batching_rule(_op), lib=_LIB)
 
 # The causal conv is plain conv2d on a masked weight, so it is composite: autograd and
 # torch.compile see through it to the native (oneDNN / cuDNN) convolution.
@@ -94,7 +191,17 @@ def inv_conv2d(y: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
     Application to Normalizing Flows", AISTATS 2025.
     """
     check_conv_args(y, weight, order, "y")
-    return torch.ops.inverseflow.inv_conv2d(y, weight, order)
+    if torch.compiler.is_compiling():   # Dynamo can't trace a Function with a custom jvp
+        return torch.ops.inverseflow.inv_conv2d(y, weight, order)
+    return _InvConv2d.apply(y, weight, order)
+
+
+def inv_conv2d_transposed(g: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
+    """``u = T(weight)⁻ᵀ g``: the adjoint of :func:`inv_conv2d` (its backward's solve)."""
+    check_conv_args(g, weight, order, "g")
+    if torch.compiler.is_compiling():
+        return torch.ops.inverseflow.inv_conv2d_transposed(g, weight, order)
+    return _InvConv2dTransposed.apply(g, weight, order)
 
 
 def causal_conv2d(x: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
