@@ -77,6 +77,10 @@ def mask_gradient(grad: torch.Tensor, order: str) -> torch.Tensor:
 def causal_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:
     """conv2d with corner padding, on an already masked weight."""
     kh, kw = weight_m.shape[2], weight_m.shape[3]
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        # conv2d rejects an empty image; the result is empty, as inv_conv2d's is. The sum
+        # keeps the weight in the graph (its gradient is then an exact zero).
+        return x + 0 * weight_m.sum()
     if order != "quad":
         return F.conv2d(F.pad(x, padding(order, kh, kw)), weight_m)
     parts = [F.conv2d(F.pad(x[:, part], padding(corner, kh, kw)), weight_m[part])
@@ -105,6 +109,8 @@ def conv_weight_grad(inp: torch.Tensor, grad_out: torch.Tensor, weight_shape, or
     changed.
     """
     kh, kw = weight_shape[2], weight_shape[3]
+    if inp.shape[2] == 0 or inp.shape[3] == 0:   # no pixel, no gradient (conv rejects it)
+        return grad_out.new_zeros(tuple(weight_shape))
     parts = []
     for corner, part in groups(order, inp.shape[1]):
         cg = part.stop - part.start
