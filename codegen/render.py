@@ -10,8 +10,13 @@ import jinja2
 
 from .spec import BACKENDS, Layer
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "templates"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# A wheel carries the templates and the kernel headers inside this package (CMakeLists.txt
+# installs them there) so that inverseflow.jit can render and compile at run time; a
+# source checkout (and an editable install) keeps them at the top of the repository.
+TEMPLATES = HERE / "templates" if (HERE / "templates").is_dir() else ROOT / "templates"
+HEADERS = HERE / "csrc" if (HERE / "csrc").is_dir() else ROOT / "csrc"
 GENERATED = ROOT / "generated"
 SPECS = ROOT / "codegen" / "specs.toml"
 
@@ -48,6 +53,30 @@ def render_all(layers: list[Layer]) -> dict[str, str]:
              backend=backend)
     emit("sources.cmake", "sources.cmake.j2", layers=layers, registry=REGISTRY_FILE)
     return outputs
+
+
+def render_layer(layer: Layer, backend: str) -> dict[str, str]:
+    """One layer's kernel file and a registry that holds only that layer.
+
+    This is what a run-time specialization (inverseflow.jit) compiles: the same templates
+    and context as :func:`render_all`, for a single layer and backend.
+    """
+    env = _environment()
+    return {
+        layer.filename(backend): env.get_template(KERNEL_TEMPLATE[backend]).render(
+            template_name=KERNEL_TEMPLATE[backend], layer=layer, specs=layer.specs(backend)),
+        REGISTRY_FILE[backend]: env.get_template(REGISTRY_TEMPLATE).render(
+            template_name=REGISTRY_TEMPLATE, layers=[layer], backend=backend),
+    }
+
+
+def write_layer(layer: Layer, backend: str, out: Path) -> list[Path]:
+    """Writes :func:`render_layer`'s files into ``out``; returns their paths."""
+    paths = []
+    for rel, text in render_layer(layer, backend).items():
+        write_if_changed(out / rel, text)
+        paths.append(out / rel)
+    return paths
 
 
 def write_if_changed(path: Path, content: str) -> bool:

@@ -5,6 +5,7 @@ Application to Normalizing Flows" (AISTATS 2025).
 """
 
 from .ops import causal_conv2d, inv_conv2d
+from . import jit  # noqa: E402,F401 - installs the INVERSEFLOW_JIT=1 hook
 
 __all__ = ["inv_conv2d", "causal_conv2d"]
 __version__ = "0.1.0"

@@ -1,0 +1,89 @@
+"""``INVERSEFLOW_JIT=1``: specialize each new layer shape in the background.
+
+The dispatch calls :func:`on_unspecialized` after a generic kernel ran. The first time a
+shape shows up, one line is logged and a thread specializes it; calls keep running the
+generic kernel until the module is registered. A failure is one warning, never an
+exception into the caller's loop; after a missing toolchain, no further shape is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+
+from ..ops import _dispatch
+from . import _build
+from ._errors import JitWarning, ToolchainError
+
+ENV = "INVERSEFLOW_JIT"
+
+_requested: set[tuple] = set()
+_threads: list[threading.Thread] = []
+_guard = threading.Lock()
+_gave_up = False   # set after a ToolchainError: no shape can be compiled in this process
+
+
+def requested_by_environment() -> bool:
+    return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _announce(message: str) -> None:
+    """Logs on inverseflow.jit; to stderr when the application has configured no logging."""
+    logger = _build.log
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    logger.info(message)
+
+
+def _specialize_quietly(device_type, kh, kw, channels, order) -> None:
+    global _gave_up
+    try:
+        _build.specialize((kh, kw), channels, order, device_type)
+    except Exception as exc:  # noqa: BLE001 - nothing may reach the training loop
+        if isinstance(exc, ToolchainError):
+            _gave_up = True
+        warnings.warn(f"inverseflow.jit: could not specialize kernel {kh}x{kw}, {channels} "
+                      f"channels, {order} on {device_type}: {exc}. The generic kernel goes on.",
+                      JitWarning, stacklevel=1)
+
+
+def on_unspecialized(device_type: str, kh: int, kw: int, channels: int, order: str) -> None:
+    """The dispatch hook: starts one background specialization per new shape."""
+    shape = (device_type, kh, kw, channels, order)
+    if shape in _requested or _gave_up:
+        return
+    try:
+        with _guard:
+            if shape in _requested:
+                return
+            _requested.add(shape)
+            _announce(f"specializing kernel {kh}x{kw}, {channels} channels, {order} on "
+                      f"{device_type} in the background; the generic kernel runs until it "
+                      "is ready")
+            thread = threading.Thread(target=_specialize_quietly, args=shape, daemon=True,
+                                      name=f"inverseflow.jit {kh}x{kw} c{channels} {order}")
+            _threads.append(thread)
+            thread.start()
+    except Exception as exc:  # noqa: BLE001 - e.g. no thread can be started
+        warnings.warn(f"inverseflow.jit: could not start a background compile: {exc}",
+                      JitWarning, stacklevel=1)
+
+
+def enable(on: bool = True) -> None:
+    """Turns background specialization on or off for this process."""
+    _dispatch.set_unspecialized_hook(on_unspecialized if on else None)
+
+
+def wait(timeout: float | None = None) -> bool:
+    """Waits for the background compiles started so far; True when all have finished."""
+    with _guard:
+        pending = list(_threads)
+    for thread in pending:
+        thread.join(timeout)
+    return not any(t.is_alive() for t in pending)

@@ -1,0 +1,216 @@
+"""Render, compile, cache, load and register the kernels of one layer shape."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import logging
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from ..ops import _backends, _dispatch
+from . import _cache, _toolchain
+from ._errors import CompileError, JitError, ToolchainError
+
+COMPILE_TIMEOUT_S = 1200
+DEVICES = ("cpu", "cuda")
+
+log = logging.getLogger("inverseflow.jit")
+
+_loaded: dict[tuple, tuple] = {}          # (backend, shape) -> (module, kernel names)
+_key_locks: dict[tuple, threading.Lock] = {}
+_key_locks_guard = threading.Lock()
+
+
+def _codegen():
+    """codegen's spec and render modules: the generator the build itself runs."""
+    try:
+        from codegen import render, spec
+    except ImportError as exc:
+        raise ToolchainError(f"the codegen package is not importable ({exc}); reinstall "
+                             f"inverseflow (its wheel carries codegen), or {_toolchain.PIP_HINT}"
+                             ) from None
+    return spec, render
+
+
+def layer_for(kernel_size, channels, pattern):
+    """codegen's Layer for the arguments; codegen's own SpecError when they are invalid."""
+    spec, _ = _codegen()
+    if isinstance(kernel_size, (tuple, list)) and len(kernel_size) == 2:
+        kernel_size = "x".join(str(k) for k in kernel_size)
+    return spec.layer_from_entry({"kernel": kernel_size, "channels": channels,
+                                  "pattern": pattern})
+
+
+def check_device(device) -> str:
+    backend = getattr(device, "type", device)  # accepts torch.device too
+    if backend not in DEVICES:
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    return backend
+
+
+def describe(layer, backend: str) -> str:
+    return (f"kernel {layer.kh}x{layer.kw}, {layer.channels} channels, pattern "
+            f"{layer.pattern} ({backend})")
+
+
+def _built_names(layer, backend: str) -> list[str] | None:
+    """The installed build's kernels for this shape, when it has all of them."""
+    try:
+        module = _backends.module_for(backend)
+    except RuntimeError:
+        return None
+    spec, _ = _codegen()
+    rows = [s for s in module.specializations()
+            if (s["kh"], s["kw"], s["channels"], s["pattern"]) ==
+            (layer.kh, layer.kw, layer.channels, spec.PATTERN_CODE[layer.pattern])]
+    wanted = {s.symbol for s in layer.specs(backend)}
+    names = sorted(s["name"] for s in rows)
+    return names if wanted <= set(names) else None
+
+
+def _source_files(render, backend: str) -> dict[str, Path]:
+    """What a run-time module is compiled from besides the rendered files."""
+    files = {"bind_jit.cpp": render.HEADERS / "bind_jit.cpp"}
+    if backend == "cuda":
+        files["jit_cuda_generic.cu"] = render.HEADERS / "jit_cuda_generic.cu"
+    return files
+
+
+def _key_payload(layer, backend, toolchain, rendered: dict, render) -> dict:
+    """Everything the module's bytes depend on (DESIGN.md §11)."""
+    inputs = sorted((render.HEADERS / "invconv").glob("*")) + sorted(
+        render.TEMPLATES.glob("*.j2")) + list(_source_files(render, backend).values())
+    return {
+        "format": _cache.FORMAT,
+        "layer": [layer.kh, layer.kw, layer.channels, layer.pattern], "backend": backend,
+        "inputs": {p.name: _cache.sha256_file(p) for p in inputs},
+        "rendered": {rel: _cache.sha256_bytes(text.encode()) for rel, text in rendered.items()},
+        "toolchain": toolchain.describe(),
+    }
+
+
+def _compile(layer, backend, toolchain, rendered, render, entry_name, key) -> Path:
+    """Compiles into a fresh workspace, writes the manifest last; returns the workspace."""
+    workspace = _cache.new_workspace(entry_name)
+    try:
+        for rel, text in rendered.items():
+            (workspace / rel).parent.mkdir(parents=True, exist_ok=True)
+            (workspace / rel).write_text(text)
+        library = entry_name + toolchain.ext_suffix
+        sources = list(_source_files(render, backend).values()) + [workspace / rel for rel in
+                                                                   rendered]
+        cmd = toolchain.command(sources, workspace / library, render.HEADERS,
+                                [f"IFLOW_HAS_{layer.stem}", f"IFLOW_JIT_MODULE={entry_name}"])
+        log.info("compiling %s with %s", describe(layer, backend), Path(toolchain.compiler).name)
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=workspace, capture_output=True, text=True,
+                                  timeout=COMPILE_TIMEOUT_S)
+            returncode, output = proc.returncode, proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            returncode, output = "timeout", f"{exc}"
+        seconds = time.perf_counter() - start
+        build_log = " ".join(cmd) + "\n\n" + output
+        (workspace / "build.log").write_text(build_log)
+        if returncode != 0:
+            saved = _cache.save_failure_log(entry_name, build_log)
+            tail = "\n".join(output.strip().splitlines()[-12:])
+            raise CompileError(f"{Path(toolchain.compiler).name} failed ({returncode}) on "
+                               f"{describe(layer, backend)}:\n{tail}\n(full log: {saved})")
+        _cache.write_manifest(workspace, {
+            "key": key, "stem": layer.stem, "backend": backend, "module": entry_name, "library": library,
+            "kernel": f"{layer.kh}x{layer.kw}", "channels": layer.channels,
+            "pattern": layer.pattern, "kernels": [s.symbol for s in layer.specs(backend)],
+            "compile_seconds": round(seconds, 2),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **toolchain.describe()})
+        log.info("compiled %s in %.1f s", describe(layer, backend), seconds)
+        return workspace
+    except BaseException:
+        _cache.discard(workspace)
+        raise
+
+
+def _load(entry: Path, manifest: dict):
+    spec = importlib.util.spec_from_file_location(manifest["module"], entry / manifest["library"])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    names = sorted(s["name"] for s in module.specializations())
+    if names != sorted(manifest["kernels"]):
+        raise JitError(f"{entry} holds kernels {names}, its manifest says {manifest['kernels']}")
+    return module
+
+
+def _key_lock(key: tuple) -> threading.Lock:
+    with _key_locks_guard:
+        return _key_locks.setdefault(key, threading.Lock())
+
+
+def specialize(kernel_size, channels, pattern, device="cpu") -> list[str]:
+    """Specialized kernels for one layer shape, compiled now or found in the cache.
+
+    Renders codegen's templates for the shape (both dtypes, both directions), compiles them
+    with the compiler and flags the installed build used, caches the module under
+    ``$INVERSEFLOW_CACHE`` (default ``~/.cache/inverseflow``), loads it and adds it to the
+    dispatch, so that the next ``inv_conv2d`` of that shape on ``device`` runs it.
+
+    Args:
+        kernel_size: ``k``, ``(kh, kw)`` or ``"KHxKW"``.
+        channels: channel count C (divisible by 4 for ``quad``).
+        pattern: ``"TL" | "TR" | "BL" | "BR" | "quad"`` (any case).
+        device: ``"cpu"`` (the C++ compiler of the build) or ``"cuda"`` (nvcc).
+
+    Returns:
+        The kernel names, as ``_dispatch.solve`` reports them when they run. A shape the
+        installed build already specializes needs no compile: its built kernels' names.
+
+    Raises:
+        codegen's ``SpecError`` (a ValueError) for an invalid shape, unchanged;
+        ``ValueError`` for an unknown device; ``JitError`` (a RuntimeError) when there is no
+        compiler (``ToolchainError``) or the compile fails (``CompileError``).
+    """
+    backend = check_device(device)
+    layer = layer_for(kernel_size, channels, pattern)
+    built = _built_names(layer, backend)
+    if built:
+        return built
+    shape = (backend, layer.shape_key)
+    with _key_lock(shape):
+        if shape in _loaded:
+            return list(_loaded[shape][1])
+        _, render = _codegen()
+        toolchain = _toolchain.for_backend(backend)
+        rendered = render.render_layer(layer, backend)
+        key = _cache.make_key(_key_payload(layer, backend, toolchain, rendered, render))
+        entry_name = f"{layer.stem}_{backend}_{key[:16]}"
+        entry = _cache.jit_dir() / entry_name
+        manifest, _ = _cache.inspect(entry, key)
+        if manifest is None:
+            with _cache.lock(entry_name):
+                manifest, problem = _cache.inspect(entry, key)  # another process may be done
+                if manifest is None:
+                    if problem:
+                        log.warning("rebuilding the cache entry %s: %s", entry, problem)
+                        _cache.discard(entry)
+                    workspace = _compile(layer, backend, toolchain, rendered, render,
+                                         entry_name, key)
+                    _cache.publish(workspace, entry)
+                    manifest, problem = _cache.inspect(entry, key)
+                    if manifest is None:
+                        raise JitError(f"the new cache entry {entry} is unsound: {problem}")
+        module = _load(entry, manifest)
+        names = [s.symbol for s in layer.specs(backend)]
+        spec, _ = _codegen()
+        _dispatch.register_runtime_module(backend, layer.kh, layer.kw, layer.channels,
+                                          spec.PATTERN_CODE[layer.pattern], module)
+        _loaded[shape] = (module, tuple(names))
+        return names
+
+
+def loaded() -> list[dict]:
+    """The run-time modules this process has loaded."""
+    return [{"backend": backend, "shape": list(shape), "kernels": list(names)}
+            for (backend, shape), (_, names) in sorted(_loaded.items())]
