@@ -103,6 +103,13 @@ class InverseFlow(nn.Module):
         DistributedDataParallel, which hooks ``forward``, sees it)."""
         return self.bits_per_dim(x_uint8, generator)
 
+    @torch.no_grad()
+    def initialize(self, x_uint8, generator: torch.Generator | None = None) -> None:
+        """ActNorm's data-dependent initialisation from one batch of uint8 images. The
+        first eager forward does it too; call it before ``torch.compile(model,
+        fullgraph=True)``, whose graph has no data-dependent branch."""
+        self.bits_per_dim(x_uint8, generator)
+
     def encode(self, x):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError("x must be a floating-point tensor of images in [0, 1]")

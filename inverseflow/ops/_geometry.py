@@ -111,11 +111,23 @@ def conv_weight_grad(inp: torch.Tensor, grad_out: torch.Tensor, weight_shape, or
     kh, kw = weight_shape[2], weight_shape[3]
     if inp.shape[2] == 0 or inp.shape[3] == 0:   # no pixel, no gradient (conv rejects it)
         return grad_out.new_zeros(tuple(weight_shape))
+    symbolic = not all(isinstance(size, int) for size in inp.shape[2:])
     parts = []
     for corner, part in groups(order, inp.shape[1]):
         cg = part.stop - part.start
+        padded = F.pad(inp[:, part], padding(corner, kh, kw))
+        if symbolic:
+            parts.append(_weight_grad_as_conv(padded, grad_out[:, part]))
+            continue
         shape_only = grad_out.new_zeros(()).expand(cg, weight_shape[1], kh, kw)
         parts.append(torch.ops.aten.convolution_backward(
-            grad_out[:, part], F.pad(inp[:, part], padding(corner, kh, kw)), shape_only,
-            None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1, (False, True, False))[1])
+            grad_out[:, part], padded, shape_only, None, [1, 1], [0, 0], [1, 1], False,
+            [0, 0], 1, (False, True, False))[1])
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def _weight_grad_as_conv(padded: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """The same weight gradient as one forward conv with batch and channels swapped
+    (grad_out is the kernel). Used when H or W is symbolic (torch.compile(dynamic=True)):
+    Inductor's lowering of convolution_backward fails there ("Invalid ranges")."""
+    return F.conv2d(padded.transpose(0, 1), grad_out.transpose(0, 1)).transpose(0, 1)
