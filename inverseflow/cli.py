@@ -29,11 +29,45 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from pathlib import Path
 
+    if args.jit:
+        return _bench_jit(args)
+
     from .bench import suite as bench
 
     result = bench.run(args.device, args.quick)
     for path in bench.write(result, Path(args.out)):
         print(f"wrote {path}")
+    return 0
+
+
+def _bench_jit(args) -> int:
+    from pathlib import Path
+
+    from .bench import jit_speedup
+
+    result = jit_speedup.run(args.device, args.quick)
+    print(jit_speedup.format_report(result))
+    print(f"wrote {jit_speedup.write(result, Path(args.out))}")
+    return 0
+
+
+def _jit(args) -> int:
+    from . import jit
+
+    if args.clear:
+        print(f"removed {jit.clear_cache()} cached specialization(s) from {jit.cache_dir()}")
+    elif args.specialize:
+        kernel, channels, pattern = args.specialize
+        try:
+            channels = int(channels)
+        except ValueError:
+            raise ValueError(f"CHANNELS: expected an integer, got {channels!r}") from None
+        for name in jit.specialize(kernel, channels, pattern, args.device):
+            print(name)
+    elif args.json:
+        print(json.dumps(jit.cached(), indent=2))
+    else:
+        print("\n".join(jit.cache_lines()))
     return 0
 
 
@@ -167,7 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     bench.add_argument("--out", default="bench-results",
                        help="folder for bench.json, bench.md and the plots")
+    bench.add_argument("--jit", action="store_true",
+                       help="only the run-time specialization section: compile times and "
+                            "speed-ups over the generic kernel (writes jit.json)")
     bench.set_defaults(run=_bench)
+
+    jit = sub.add_parser("jit", help="layer shapes specialized at run time (the JIT cache)")
+    action = jit.add_mutually_exclusive_group(required=True)
+    action.add_argument("--list", action="store_true", help="list the cached specializations")
+    action.add_argument("--clear", action="store_true", help="empty the cache")
+    action.add_argument("--specialize", nargs=3, metavar=("KERNEL", "CHANNELS", "PATTERN"),
+                        help="compile one shape into the cache now, e.g. 3x3 16 tl")
+    jit.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    jit.add_argument("--json", action="store_true", help="with --list: print JSON")
+    jit.set_defaults(run=_jit)
     return parser
 
 

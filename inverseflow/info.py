@@ -38,7 +38,15 @@ def collect() -> dict:
                 f"{error}; build: {_backends.build_info().get('cuda')}")
         info["backends"][backend] = entry
     info["torch_cuda_available"] = torch.cuda.is_available()
+    info["jit"] = jit_cache()
     return info
+
+
+def jit_cache() -> dict:
+    """The layer shapes specialized at run time and cached (inverseflow.jit)."""
+    from . import jit
+
+    return {"cache": str(jit.cache_dir()), "specializations": jit.cached_specializations()}
 
 
 def format_report(info: dict) -> str:

@@ -20,16 +20,48 @@ from __future__ import annotations
 
 from . import _auto, _cache
 from ._auto import wait
+from ._cache import CACHE_ENV
 from ._build import loaded, specialize
 from ._errors import CompileError, JitError, JitWarning, ToolchainError
 
-__all__ = ["specialize", "wait", "cached", "clear_cache", "cache_dir", "loaded",
-           "JitError", "ToolchainError", "CompileError", "JitWarning", "enable"]
+__all__ = ["specialize", "wait", "cached", "cache_lines", "cached_specializations", "clear_cache", "cache_dir", "loaded",
+           "JitError", "ToolchainError", "CompileError", "JitWarning", "enable", "CACHE_ENV"]
 
 
 def cached() -> list[dict]:
     """The cache's entries: shape, backend, kernels, compiler, flags, status, folder."""
     return _cache.entries()
+
+
+def cache_lines(entries: list[dict] | None = None) -> list[str]:
+    """One line per cached specialization, for ``inverseflow jit --list`` and ``info``."""
+    entries = cached() if entries is None else entries
+    if not entries:
+        return [f"no run-time specializations cached in {cache_dir()}"]
+    lines = [f"{len(entries)} run-time specialization(s) cached in {cache_dir()}:"]
+    for e in entries:
+        if e["status"] != "ok":
+            lines.append(f"    {e['stem']}: {e['status']}")
+            continue
+        lines.append(f"    {e['stem']} [{e['backend']}] {len(e['kernels'])} kernels, "
+                     f"{e['compiler_version']}, compiled in {e['compile_seconds']} s on "
+                     f"{e['created']}")
+    return lines
+
+
+def cached_specializations() -> dict[str, list[dict]]:
+    """The sound cache entries' kernels per backend, in the form ``inverseflow info`` lists
+    the built ones (name, kernel, channels, pattern, dtype, direction), with source "jit"."""
+    out: dict[str, list[dict]] = {}
+    for entry in cached():
+        if entry["status"] != "ok":
+            continue
+        out.setdefault(entry["backend"], []).extend(
+            {"name": s["name"], "kernel": entry["kernel"], "channels": entry["channels"],
+             "pattern": entry["pattern"], "dtype": s["dtype"], "direction": s["direction"],
+             "source": "jit"}
+            for s in entry["specializations"])
+    return out
 
 
 def clear_cache() -> int:

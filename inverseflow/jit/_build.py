@@ -124,6 +124,8 @@ def _compile(layer, backend, toolchain, rendered, render, entry_name, key) -> Pa
             "key": key, "stem": layer.stem, "backend": backend, "module": entry_name, "library": library,
             "kernel": f"{layer.kh}x{layer.kw}", "channels": layer.channels,
             "pattern": layer.pattern, "kernels": [s.symbol for s in layer.specs(backend)],
+            "specializations": [{"name": s.symbol, "dtype": s.dtype, "direction": s.direction}
+                                for s in layer.specs(backend)],
             "compile_seconds": round(seconds, 2),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             **toolchain.describe()})
