@@ -1,6 +1,8 @@
 """Inverse-Flow models (Nagar & Varma, AISTATS 2025) and the Glow 1×1 baseline."""
 
+from .convflow import ConvFlow
 from .flow import Glow, InverseFlow, bits_per_dim
-from .presets import MODELS, PRESETS, build_model, from_preset
+from .presets import CONVFLOW_PRESETS, MODELS, PRESETS, build_model, from_preset
 
-__all__ = ["InverseFlow", "Glow", "bits_per_dim", "PRESETS", "MODELS", "from_preset", "build_model"]
+__all__ = ["InverseFlow", "Glow", "ConvFlow", "bits_per_dim", "PRESETS", "CONVFLOW_PRESETS", "MODELS",
+           "from_preset", "build_model"]

@@ -9,19 +9,31 @@ from torch import nn
 
 from ..nn import ActNorm, AffineCoupling, Dequantize, InvConv2d, InvertibleConv1x1
 from ..nn import LogitTransform, Split, Squeeze
+from .layers import SWITCHABLE, activation, check_layer, conv_layer
 
 LOG_2PI = math.log(2 * math.pi)
 
 
-class FlowStep(nn.Module):
-    """ActNorm → k×k InvConv2d (unless ``kernel_size`` is None) → 1×1 conv → coupling."""
+STEP_LAYOUTS = ("glow", "paper")
 
-    def __init__(self, channels, kernel_size, coupling_width, solve_on, order):
+
+class FlowStep(nn.Module):
+    """ActNorm → k×k layer (unless ``kernel_size`` or ``layer`` is None) → mixer → coupling.
+
+    ``step_layout="glow"``: the mixer is Glow's invertible 1×1 conv. ``"paper"``: a
+    per-element spline activation and no 1×1, the step of the paper's code
+    (``if_glow_mnist``); ``shape`` (C, H, W) sizes the spline.
+    """
+
+    def __init__(self, channels, kernel_size, coupling_width, solve_on, order,
+                 layer="inverse", step_layout="glow", shape=None):
         super().__init__()
         layers = [ActNorm(channels)]
-        if kernel_size is not None:
-            layers.append(InvConv2d(channels, kernel_size, order=order, solve_on=solve_on))
-        layers += [InvertibleConv1x1(channels), AffineCoupling(channels, coupling_width)]
+        if kernel_size is not None and layer is not None:
+            layers.append(conv_layer(layer, channels, kernel_size, order, solve_on))
+        layers.append(InvertibleConv1x1(channels) if step_layout == "glow"
+                      else activation("spline", shape))
+        layers.append(AffineCoupling(channels, coupling_width))
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x):
@@ -46,13 +58,31 @@ class InverseFlow(nn.Module):
     ``encode(x)`` takes images in [0, 1] (dequantised) and returns ``(z, logdet)`` with
     ``z`` of shape (B, D), standard normal under the model, and ``logdet = log|det dz/dx|``.
     ``solve_on="sampling"`` gives the FInC/Emerging placement on the same parameters.
+
+    ``layer`` picks the k×k layer (DESIGN §10): ``"inverse"`` (this paper; ``order`` and
+    ``solve_on`` apply), ``"finc"`` (quad, solve on sampling), ``"emerging"``,
+    ``"conv-exp"``, or None for none (Glow). ``step_layout`` is ``"glow"`` (ActNorm →
+    k×k → 1×1 → coupling, the default) or ``"paper"`` (ActNorm → k×k → spline →
+    coupling, the step of the paper's released code).
     """
 
     def __init__(self, image_shape, levels: int, steps: int, kernel_size: int | None = 3,
                  coupling_width: int = 512, solve_on: str = "density", order: str = "quad",
-                 logit_alpha: float = 0.05):
+                 logit_alpha: float = 0.05, layer: str | None = "inverse",
+                 step_layout: str = "glow"):
         super().__init__()
         channels, height, width = _check_shape(image_shape)
+        if layer is not None:
+            check_layer(layer)
+        if step_layout not in STEP_LAYOUTS:
+            raise ValueError(f"step_layout must be one of {', '.join(STEP_LAYOUTS)}, "
+                             f"got {step_layout!r}")
+        if kernel_size is None or layer is None:
+            kernel_size, layer = None, None
+        elif layer == "finc":
+            order, solve_on = "quad", "sampling"
+        # Only a plain InvConv2d can switch placement; the others have one fixed pass.
+        self.switchable_placement = layer in SWITCHABLE
         if not isinstance(levels, int) or levels < 1:
             raise ValueError(f"levels must be a positive int, got {levels!r}")
         if not isinstance(steps, int) or steps < 1:
@@ -66,7 +96,8 @@ class InverseFlow(nn.Module):
         self.config = dict(model="inverseflow", image_shape=list(self.image_shape),
                            levels=levels, steps=steps,
                            kernel_size=kernel_size, coupling_width=coupling_width,
-                           solve_on=solve_on, order=order, logit_alpha=logit_alpha)
+                           solve_on=solve_on, order=order, logit_alpha=logit_alpha,
+                           layer=layer, step_layout=step_layout)
         self.dequantize = Dequantize()
         self.logit = LogitTransform(logit_alpha)
         self.squeeze = Squeeze()
@@ -77,7 +108,8 @@ class InverseFlow(nn.Module):
         for level in range(levels):
             c, h, w = 4 * c, h // 2, w // 2
             self.levels.append(nn.ModuleList(
-                FlowStep(c, kernel_size, coupling_width, solve_on, order) for _ in range(steps)))
+                FlowStep(c, kernel_size, coupling_width, solve_on, order, layer, step_layout,
+                         (c, h, w)) for _ in range(steps)))
             if level < levels - 1:
                 self.splits.append(Split(c))
                 self.latent_shapes.append((c - c // 2, h, w))
@@ -93,6 +125,9 @@ class InverseFlow(nn.Module):
 
     def set_solve_on(self, solve_on: str) -> None:
         """Switches every k×k layer between the two placements (same parameters)."""
+        if self.config["layer"] is not None and not self.switchable_placement:
+            raise ValueError(f"a {self.config['layer']!r} layer has one fixed placement; "
+                             "only 'inverse' and 'finc' layers switch solve_on")
         for module in self.modules():
             if isinstance(module, InvConv2d):
                 module.set_solve_on(solve_on)

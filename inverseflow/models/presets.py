@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .convflow import ConvFlow
 from .flow import Glow, InverseFlow
 
 PRESETS = {
@@ -13,16 +14,28 @@ PRESETS = {
     "imagenet64": dict(image_shape=(3, 64, 64), levels=4, steps=16, coupling_width=512),
 }
 
-MODELS = {"inverseflow": InverseFlow, "glow": Glow}
+# The CNN backbone (DESIGN §10): the paper's if_cnn_mnist has 3 blocks of 16 layers, 2×2.
+CONVFLOW_PRESETS = {
+    "digits": dict(image_shape=(1, 8, 8), blocks=3, steps=4, kernel_size=2),
+    "mnist": dict(image_shape=(1, 28, 28), blocks=3, steps=16, kernel_size=2),
+    "fashion-mnist": dict(image_shape=(1, 28, 28), blocks=3, steps=16, kernel_size=2),
+    "cifar10": dict(image_shape=(3, 32, 32), blocks=3, steps=16, kernel_size=2),
+    "imagenet32": dict(image_shape=(3, 32, 32), blocks=3, steps=16, kernel_size=2),
+    "imagenet64": dict(image_shape=(3, 64, 64), blocks=4, steps=16, kernel_size=2),
+}
+
+MODELS = {"inverseflow": InverseFlow, "glow": Glow, "convflow": ConvFlow}
 
 
 def from_preset(name: str, model: str = "inverseflow", **overrides):
-    """Builds ``model`` ("inverseflow" or "glow") with the preset for dataset ``name``."""
+    """Builds ``model`` ("inverseflow", "glow" or "convflow") with the preset for dataset
+    ``name``; ``overrides`` that are None keep the preset's value."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
-    config = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    table = CONVFLOW_PRESETS if model == "convflow" else PRESETS
+    config = {**table[name], **{k: v for k, v in overrides.items() if v is not None}}
     return MODELS[model](**config)
 
 

@@ -32,7 +32,7 @@ def _median_ms(fn, device, repeats: int) -> float:
 @torch.no_grad()
 def pass_timings(model, batch: int, repeats: int = 5) -> dict:
     """Median ms of the density pass (encode) and the sampling pass on one batch."""
-    device = model.top_mean.device
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, *model.image_shape, generator=gen).to(device) * 0.9 + 0.05
     return {"batch": batch,
@@ -43,6 +43,9 @@ def pass_timings(model, batch: int, repeats: int = 5) -> dict:
 
 def placement_timings(model, batch: int, repeats: int = 5) -> dict:
     """Times both placements on the same parameters; restores the model's placement."""
+    if not getattr(model, "switchable_placement", True):
+        # Glow (no k×k layer), or a layer with one fixed placement (emerging, conv-exp).
+        return {model.config.get("layer") or "glow": pass_timings(model, batch, repeats)}
     if not any(isinstance(m, InvConv2d) for m in model.modules()):
         return {"glow": pass_timings(model, batch, repeats)}
     original = model.config["solve_on"]

@@ -43,6 +43,9 @@ class TrainConfig:
     levels: int | None = None
     flow_steps: int | None = None
     coupling_width: int | None = None
+    # The model's keyword arguments, used instead of the flat model fields above when
+    # set (the named experiments of train/experiments.py).
+    model_options: dict | None = None
     batch_size: int = 64
     lr: float = 1e-3
     lr_final: float = 1e-4
@@ -106,7 +109,7 @@ def evaluate(model, images: torch.Tensor, batch_size: int = 500, seed: int = 123
     """Mean test bits/dim, with fixed dequantisation noise (reproducible)."""
     was_training = model.training
     model.eval()
-    device = model.top_mean.device
+    device = next(model.parameters()).device
     images = images[:limit] if limit else images
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
@@ -142,10 +145,13 @@ class Progress:
 
 
 def _build(config: TrainConfig, image_shape):
-    model = from_preset(config.dataset, model=config.model, solve_on=config.solve_on,
-                        order=config.order, kernel_size=config.kernel_size,
-                        levels=config.levels, steps=config.flow_steps,
-                        coupling_width=config.coupling_width)
+    if config.model_options is not None:
+        model = from_preset(config.dataset, model=config.model, **config.model_options)
+    else:
+        model = from_preset(config.dataset, model=config.model, solve_on=config.solve_on,
+                            order=config.order, kernel_size=config.kernel_size,
+                            levels=config.levels, steps=config.flow_steps,
+                            coupling_width=config.coupling_width)
     if tuple(model.image_shape) != tuple(image_shape):
         raise ValueError(f"preset image shape {model.image_shape} != data {tuple(image_shape)}")
     return model
@@ -262,6 +268,7 @@ def _train(config: TrainConfig, device, ctx) -> dict:
                "test_bpd": evaluate(model, data.test, config.eval_batch_size,
                                     limit=config.eval_limit),
                "test_images": min(len(data.test), config.eval_limit or len(data.test)),
+               "parameters": sum(p.numel() for p in model.parameters()),
                "train_seconds": train_seconds,
                "seconds_per_step": train_seconds / max(1, step - start_step) if start_step < step else None,
                "final_train_loss": losses[-1] if losses else None, "train_losses": losses}

@@ -1,0 +1,85 @@
+"""Smoke test of the paper's named experiments: each trains a few steps on digits through
+the ordinary loop (tiny sizes) and writes the extra metrics; the CLI lists and runs them."""
+
+import json
+
+import pytest
+import torch
+
+from inverseflow.cli import main as cli_main
+from inverseflow.models import build_model
+from inverseflow.train import experiments, load_checkpoint
+
+pytest.importorskip("sklearn", reason="the digits dataset comes from scikit-learn")
+
+NAMES = ["if-glow", "finc-glow", "emerging-glow", "glow", "if-cnn", "finc-cnn",
+         "emerging-cnn", "exponential-cnn"]
+TINY = {"glow": dict(levels=2, flow_steps=1, coupling_width=8),
+        "cnn": dict(blocks=2, flow_steps=2)}
+
+
+def test_the_paper_names_are_all_there():
+    assert list(experiments.EXPERIMENTS) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_experiment_trains_a_few_steps_on_digits(name, tmp_path):
+    experiment = experiments.get(name)
+    config = experiments.train_config(name, "digits", str(tmp_path), steps=2,
+                                      sizes=TINY[experiment.backbone], batch_size=16,
+                                      eval_limit=32, eval_batch_size=40, num_samples=4,
+                                      warmup=1, progress=False)
+    metrics = experiments.run(name, config)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["experiment"] == name and saved["steps"] == 2
+    assert saved["parameters"] == metrics["parameters"] > 0
+    assert saved["seconds_per_step"] > 0
+    assert all(v["density_ms"] > 0 and v["sampling_ms"] > 0
+               for v in saved["pass_timings_ms"]["batch_40"].values())
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    model = build_model(state["model_config"])
+    model.load_state_dict(state["model"])
+    for key, value in experiment.model_options().items():
+        if key not in ("solve_on", "order") or experiment.model_options().get("layer") == "inverse":
+            assert model.config[key] == value, key
+
+
+def test_cli_lists_runs_and_resumes(tmp_path, capsys):
+    assert cli_main(["experiment", "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == NAMES
+    out = tmp_path / "run"
+    args = ["experiment", "finc-cnn", "--dataset", "digits", "--out", str(out), "--blocks", "2",
+            "--flow-steps", "1", "--batch-size", "16", "--eval-limit", "32", "--quiet",
+            "--warmup", "1"]
+    assert cli_main(args + ["--steps", "2"]) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert set(first["pass_timings_ms"]["batch_100"]) == {"density", "sampling"}
+    assert cli_main(args + ["--steps", "3", "--resume"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["steps"] == 3 and resumed["train_losses"][:2] == first["train_losses"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["experiment", "nope", "--dataset", "digits", "--out", "X", "--steps", "1"],
+     "unknown experiment"),
+    (["experiment", "if-cnn", "--dataset", "digits", "--out", "X"], "--steps, --time-budget"),
+    (["experiment", "if-cnn", "--dataset", "digits", "--out", "X", "--steps", "1",
+      "--coupling-width", "8"], "does not apply to the cnn backbone"),
+    (["experiment", "glow", "--dataset", "digits", "--out", "X", "--steps", "1",
+      "--blocks", "2"], "does not apply to the glow backbone"),
+    (["experiment", "glow"], "--dataset and --out"),
+])
+def test_cli_errors_are_clear(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_time_budget_stops_the_run(tmp_path):
+    config = experiments.train_config("glow", "digits", str(tmp_path), time_budget=1e-3,
+                                      sizes=TINY["glow"], batch_size=16, eval_limit=16,
+                                      eval_batch_size=16, num_samples=4, progress=False)
+    metrics = experiments.run("glow", config)
+    assert metrics["steps"] == 1 and metrics["stopped_by_time_budget"]
+    torch.testing.assert_close(torch.tensor(metrics["train_seconds"] > 0), torch.tensor(True))
