@@ -32,9 +32,10 @@ _GLOW_STEP = ("ActNorm → {conv} → per-element spline (5 bins, tail bound 20)
               "coupling, no 1×1")
 _UNIT_DIAGONAL = ("our convolutions have a unit diagonal (log-det 0); the scale the "
                   "paper's kernels learn on their diagonal lives in the ActNorm")
-_CNN_ACTNORM = ("an ActNorm before every conv (our convs have a unit diagonal, so the "
-                "paper's learned diagonal scale lives there); layers turn through TL, TR, "
-                "BL, BR")
+_CNN_ACTNORM = ("an ActNorm before every conv (our inverse/FInC/emerging convs have a unit "
+                "diagonal, so the paper's learned diagonal scale lives there; every CNN row "
+                "keeps it, so that the rows differ only in the conv)")
+_CORNERS = "; single-corner layers turn through TL, TR, BL, BR"
 
 EXPERIMENTS = {e.name: e for e in [
     Experiment("if-glow", "if_glow_mnist", "glow",
@@ -63,14 +64,14 @@ EXPERIMENTS = {e.name: e for e in [
                "CNN backbone, Inverse-Flow: blocks of [2×2 inverse conv (density pass) → "
                "smooth leaky ReLU], squeeze between blocks",
                "convflow", (("layer", "inverse"), ("kernel_size", 2),
-                            ("activation", "smooth-leaky-relu")), _CNN_ACTNORM),
+                            ("activation", "smooth-leaky-relu")), _CNN_ACTNORM + _CORNERS),
     Experiment("finc-cnn", "ff_cnn_mnist", "cnn",
                "CNN backbone, FInC: 2×2 quad conv (single corners where the channels do not "
                "divide by 4; sampling pass) → smooth leaky ReLU",
                "convflow", (("layer", "finc"), ("kernel_size", 2),
                             ("activation", "smooth-leaky-relu")),
-               _CNN_ACTNORM + "; MNIST's first block has 1 channel, so its FInC layers "
-               "use single corners"),
+               _CNN_ACTNORM + _CORNERS + "; MNIST's first block has 1 channel, so its "
+               "FInC layers use single corners"),
     Experiment("emerging-cnn", "emerging_cnn_mnist", "cnn",
                "CNN backbone, Emerging: 2×2 emerging conv (TL then BR, sampling pass) → "
                "smooth leaky ReLU",
