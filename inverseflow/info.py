@@ -49,30 +49,117 @@ def jit_cache() -> dict:
     return {"cache": str(jit.cache_dir()), "specializations": jit.cached_specializations()}
 
 
-def format_report(info: dict) -> str:
+DTYPE_SHORT = {"float32": "f32", "float64": "f64"}
+DEFAULT_SOURCE = "build"
+
+
+def _row_order(key: tuple) -> tuple:
+    """Sort key of a (kernel "KHxKW", channels, pattern, source) row: by kernel size,
+    channels, the pattern's place in PATTERNS, then the build's rows before others."""
+    kernel, channels, pattern, source = key
+    kh, _, kw = kernel.partition("x")
+    rank = PATTERNS.index(pattern) if pattern in PATTERNS else len(PATTERNS)
+    return (int(kh), int(kw or kh), channels, rank, pattern, source != DEFAULT_SOURCE, source)
+
+
+def _in_order(values, known: tuple) -> list:
+    return sorted(values, key=lambda v: (known.index(v) if v in known else len(known), v))
+
+
+def layer_rows(specializations: list[dict]) -> list[dict]:
+    """Groups kernels into one row per layer shape: kernel, channels, pattern and source,
+    with the dtypes and directions present, sorted by kernel size, channels, pattern.
+
+    Each specialization is a dict as :func:`collect` lists them (``kernel`` "3x3",
+    ``channels``, ``pattern``, ``dtype``, ``direction``); an optional ``source`` says where
+    it came from (default ``"build"``; run-time specializations can say e.g. ``"jit"``).
+    """
+    rows: dict[tuple, dict] = {}
+    for spec in specializations:
+        source = spec.get("source", DEFAULT_SOURCE)
+        key = (spec["kernel"], spec["channels"], spec["pattern"], source)
+        row = rows.setdefault(key, {"kernel": spec["kernel"], "channels": spec["channels"],
+                                    "pattern": spec["pattern"], "source": source,
+                                    "dtypes": set(), "directions": set()})
+        row["dtypes"].add(spec["dtype"])
+        row["directions"].add(spec["direction"])
+    out = []
+    for key in sorted(rows, key=_row_order):
+        row = rows[key]
+        row["dtypes"] = _in_order(row["dtypes"], DTYPES)
+        row["directions"] = _in_order(row["directions"], DIRECTIONS)
+        out.append(row)
+    return out
+
+
+def _row_key(row: dict) -> tuple:
+    return (row["kernel"], row["channels"], row["pattern"], row["source"])
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    dtypes = " ".join(DTYPE_SHORT.get(d, d) for d in row["dtypes"])
+    return f"{dtypes}; {' '.join(row['directions'])}"
+
+
+def format_table(header: list[str], body: list[list[str]]) -> list[str]:
+    """Left-aligned columns, two spaces apart, with a rule under the header."""
+    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
+    render = lambda line: "  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip()  # noqa: E731
+    return [render(header), render(["-" * w for w in widths]), *map(render, body)]
+
+
+def layer_table(specializations_by_backend: dict[str, list[dict]]) -> list[str]:
+    """One row per layer shape; per backend the dtypes and directions built ("-": none).
+    A "source" column appears once any specialization has a source other than the build."""
+    per_backend = {backend: {_row_key(r): r for r in layer_rows(specs)}
+                   for backend, specs in specializations_by_backend.items()}
+    keys = sorted(set().union(*per_backend.values()), key=_row_order)
+    with_source = any(source != DEFAULT_SOURCE for *_, source in keys)
+    header = ["kernel", "channels", "pattern"] + (["source"] if with_source else []) + [
+        f"{backend} (dtypes; directions)" for backend in per_backend]
+    body = [[kernel, str(channels), pattern] + ([source] if with_source else [])
+            + [_cell(rows.get((kernel, channels, pattern, source)))
+               for rows in per_backend.values()]
+            for kernel, channels, pattern, source in keys]
+    return format_table(header, body)
+
+
+def format_report(info: dict, verbose: bool = False) -> str:
+    """A compact report: build and backend status lines, then one table row per layer
+    shape; ``verbose`` also lists every compiled kernel by name."""
     lines = [f"inverseflow with torch {info['torch']}"]
     build = info["build"]
     if "layers_built" in build:
         lines.append(f"layer specs built: {len(build['layers_built'])} of {build['layers_total']}"
                      + (f" (filter {build['spec_filter']!r})" if build.get("spec_filter") else ""))
     lines.append(f"cuda build: {build.get('cuda')}")
+    built = {}
     for backend, entry in info["backends"].items():
         if not entry["built"]:
             lines.append(f"[{backend}] NOT AVAILABLE: {entry['error']}")
             continue
-        extra = ""
         if backend == "cpu":
             extra = f", OpenMP {'on' if entry['openmp'] else 'OFF'}"
         else:
             extra = f", {entry['devices']} device(s)"
             if "device_error" in entry:
                 extra += f" ({entry['device_error']})"
-        specs = entry["specializations"]
-        lines.append(f"[{backend}] built, {len(specs)} specializations{extra}; "
-                     "other shapes use the generic kernel")
-        for s in specs:
-            lines.append(f"    {s['name']}")
+        built[backend] = entry["specializations"]
+        lines.append(f"[{backend}] built, {len(entry['specializations'])} specialized kernels"
+                     f"{extra}")
     if info["torch_cuda_available"] and not info["backends"]["cuda"]["built"]:
         lines.append("WARNING: this machine has a GPU but the CUDA backend is missing; "
                      + _backends.REBUILD_HINT)
+    for backend, specs in info.get("jit", {}).get("specializations", {}).items():
+        built.setdefault(backend, []).extend(specs)  # rows with source "jit"
+    if built:
+        lines += ["", "specialized layer shapes (any other shape runs the generic kernel):"]
+        lines += ["  " + line for line in layer_table(built)]
+    if verbose:
+        for backend, specs in built.items():
+            lines += ["", f"[{backend}] kernels:"] + [f"    {s['name']}" for s in specs]
+    else:
+        lines += ["", "(--verbose lists every kernel; --json prints all of it for scripts)"]
     return "\n".join(lines)

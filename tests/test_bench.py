@@ -45,3 +45,18 @@ def test_model_case_and_outputs(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "| 2×4×4×4 | 2 | quad |" in table and "| digits | 2 |" in table
     assert all(p.endswith((".json", ".md", ".png")) for p in written)
+
+
+def test_timings_come_from_torch_utils_benchmark_at_the_callers_thread_count(monkeypatch):
+    from torch.utils import benchmark
+
+    from inverseflow.models.timing import timings_ms
+
+    made, seen = [], []
+    real_timer = benchmark.Timer
+    monkeypatch.setattr(benchmark, "Timer", lambda *a, **k: made.append(k) or real_timer(*a, **k))
+    threads = torch.get_num_threads()
+    samples = timings_ms(lambda: seen.append(torch.get_num_threads()), 4)
+    assert len(samples) == 4 and all(s > 0 for s in samples)
+    assert len(made) == 1 and made[0]["num_threads"] == threads   # not the Timer's default 1
+    assert set(seen) == {threads} and len(seen) > 4              # warm-up calls came first

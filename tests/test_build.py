@@ -38,7 +38,11 @@ def test_info_lists_backends_and_specializations():
     assert cpu["built"] and len(cpu["specializations"]) == 4 * len(data["build"]["layers_built"])
     assert "cuda" in data["build"]
     report = info.format_report(data)
-    assert "[cpu] built" in report and "invconv_k3x3_c12_tl_f32_solve_cpu" in report
+    assert "[cpu] built" in report and "invconv_k3x3_c12_tl_f32_solve_cpu" not in report
+    rows = [line.split() for line in report.splitlines()]
+    assert ["3x3", "12", "tl", "f32", "f64;", "solve", "transposed"] == rows[
+        [r[:3] for r in rows].index(["3x3", "12", "tl"])][:7]
+    assert "invconv_k3x3_c12_tl_f32_solve_cpu" in info.format_report(data, verbose=True)
     cli = subprocess.run([sys.executable, "-m", "inverseflow", "info", "--json"],
                          capture_output=True, text=True, check=True)
     assert json.loads(cli.stdout)["backends"]["cpu"]["built"]

@@ -149,21 +149,24 @@ def test_learning_rate_schedule_depends_on_the_step_alone():
     assert learning_rate(config, 10**6) == pytest.approx(1e-4)
 
 
-def test_png_grid_round_trips(tmp_path):
-    import struct
-    import zlib
+@pytest.mark.parametrize("channels", [1, 3])
+def test_png_grid_round_trips(tmp_path, channels, rng):
+    import numpy as np
+    from PIL import Image
 
     from inverseflow.train.grids import save_grid
 
-    images = torch.rand(3, 1, 5, 4)
-    path = save_grid(images, tmp_path / "g.png", ncols=3, pad=0)
-    data = path.read_bytes()
-    width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (12, 5)
-    start = data.index(b"IDAT") + 4
-    length = struct.unpack(">I", data[start - 8:start - 4])[0]
-    raw = zlib.decompress(data[start:start + length])
-    rows = [raw[r * (width + 1) + 1:(r + 1) * (width + 1)] for r in range(height)]
-    pixels = torch.tensor([list(row) for row in rows], dtype=torch.uint8)
-    expected = (torch.cat(list(images[:, 0]), dim=1) * 255).round().to(torch.uint8)
-    assert torch.equal(pixels, expected)
+    images = torch.rand(5, channels, 5, 4, generator=rng)
+    path = save_grid(images, tmp_path / "g.png", ncols=3, pad=1)
+    with Image.open(path) as png:
+        assert png.format == "PNG" and png.mode == ("L" if channels == 1 else "RGB")
+        pixels = torch.from_numpy(np.array(png))
+    pixels = pixels.reshape(*pixels.shape[:2], -1).permute(2, 0, 1)    # (C, H', W')
+    assert tuple(pixels.shape) == (channels, 2 * 6 + 1, 3 * 5 + 1)
+    expected = (images * 255).round().to(torch.uint8)
+    for i in range(5):   # row-major tiles of 5x4 with a 1-pixel black border
+        r, col = divmod(i, 3)
+        tile = pixels[:, 1 + r * 6:1 + r * 6 + 5, 1 + col * 5:1 + col * 5 + 4]
+        assert torch.equal(tile, expected[i]), i
+    assert int(pixels[:, 0].max()) == 0 and int(pixels[:, 7:, 11:].max()) == 0  # border, empty slot
+    assert not list(tmp_path.glob("*.tmp"))

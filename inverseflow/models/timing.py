@@ -3,30 +3,35 @@
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
 from ..nn import InvConv2d
 
 
-def timings_ms(fn, repeats: int, sync) -> list[float]:
-    """Wall times in ms of ``repeats`` calls after a warm-up, with ``sync`` after each."""
-    for _ in range(max(1, repeats // 10)):
-        fn()
-    sync()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        out.append((time.perf_counter() - start) * 1e3)
-    return out
+def timer(fn):
+    """A ``torch.utils.benchmark.Timer`` for ``fn()`` at the caller's torch thread count
+    (the Timer's own default is one thread, which is not how the ops run)."""
+    from torch.utils import benchmark   # 0.1 s to import: only when timing
+
+    return benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
 
 
-def _median_ms(fn, device, repeats: int) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    return statistics.median(timings_ms(fn, repeats, sync))
+def timings_ms(fn, repeats: int, sync=None) -> list[float]:
+    """ms of each of ``repeats`` single calls of ``fn()``, timed by ``torch.utils.benchmark``
+    (warm-up calls before each, the thread count pinned, the accelerator synchronised).
+
+    One call per sample, not ``blocked_autorange``'s blocks: on a shared CPU a block's mean
+    absorbs every preemption, and its block size flips between runs (docs/benchmarks.md,
+    "Timing method"), while the median of single calls stays put. ``sync`` is unused (the
+    Timer synchronises); it is kept for callers written against the earlier helper.
+    """
+    measure = timer(fn)
+    return [measure.timeit(1).median * 1e3 for _ in range(repeats)]
+
+
+def _median_ms(fn, repeats: int) -> float:
+    return statistics.median(timings_ms(fn, repeats))
 
 
 @torch.no_grad()
@@ -36,9 +41,8 @@ def pass_timings(model, batch: int, repeats: int = 5) -> dict:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, *model.image_shape, generator=gen).to(device) * 0.9 + 0.05
     return {"batch": batch,
-            "density_ms": _median_ms(lambda: model.encode(x), device, repeats),
-            "sampling_ms": _median_ms(lambda: model.sample(batch, generator=None), device,
-                                      repeats)}
+            "density_ms": _median_ms(lambda: model.encode(x), repeats),
+            "sampling_ms": _median_ms(lambda: model.sample(batch, generator=None), repeats)}
 
 
 def placement_timings(model, batch: int, repeats: int = 5) -> dict:
