@@ -39,6 +39,9 @@ def _bench(args) -> int:
     if args.jit:
         return _bench_jit(args)
 
+    if args.scaling:
+        return _bench_scaling(args)
+
     from .bench import suite as bench
 
     result = bench.run(args.device, args.quick)
@@ -78,6 +81,21 @@ def _jit(args) -> int:
     return 0
 
 
+def _bench_scaling(args) -> int:
+    from pathlib import Path
+
+    from .bench import scaling
+
+    options = dict(sides=(8, 16, 32), repeats=3, max_step_s=5.0) if args.quick else {}
+    result = scaling.run(args.device, **options)
+    for name, slope in result["slopes_vs_n"].items():
+        print(f"{name}: slope of log(time) vs log(n) = "
+              f"{'n/a' if slope is None else format(slope, '.2f')}")
+    for path in scaling.write(result, Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
 def _train(args) -> int:
     from .train import TrainConfig, TrainingDiverged, train
 
@@ -98,6 +116,34 @@ def _train(args) -> int:
                       f"{t['density_ms']:8.2f} ms, sampling pass {t['sampling_ms']:8.2f} ms")
         print(f"samples: {metrics['samples']}")
         print(f"metrics: {args.out}/metrics.json, checkpoint: {args.out}/checkpoint.pt")
+    return 0
+
+
+def _experiment(args) -> int:
+    from .train import TrainingDiverged
+    from .train import experiments
+
+    if args.list:
+        print(experiments.listing())
+        return 0
+    if not (args.name and args.dataset and args.out):
+        raise ValueError("give NAME, --dataset and --out (or --list)")
+    sizes = {k: getattr(args, k) for k in ("levels", "blocks", "flow_steps", "coupling_width",
+                                           "activation")}
+    fields = {k: getattr(args, k) for k in ("data_dir", "batch_size", "lr", "warmup", "seed",
+                                            "device", "checkpoint_every", "eval_limit",
+                                            "resume")}
+    config = experiments.train_config(args.name, args.dataset, args.out, args.steps,
+                                      args.time_budget, sizes, progress=not args.quiet, **fields)
+    try:
+        metrics = experiments.run(args.name, config)
+    except TrainingDiverged as exc:
+        print(f"inverseflow experiment: stopped: {exc}", file=sys.stderr)
+        return 3
+    if metrics:
+        print(f"{args.name}: test bits/dim {metrics['initial_test_bpd']:.4f} before, "
+              f"{metrics['test_bpd']:.4f} after {metrics['steps']} steps; "
+              f"{metrics['parameters']} parameters; metrics: {args.out}/metrics.json")
     return 0
 
 
@@ -243,6 +289,31 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--quiet", action="store_true", help="no progress bar")
     experiment.set_defaults(run=_experiment)
 
+    experiment = sub.add_parser("experiment", help="run one of the paper's named experiments")
+    experiment.add_argument("name", nargs="?", metavar="NAME", help="see --list")
+    experiment.add_argument("--list", action="store_true", help="list the experiments")
+    experiment.add_argument("--dataset", help="digits, mnist, fashion-mnist, cifar10, ...")
+    experiment.add_argument("--data-dir")
+    experiment.add_argument("--out", help="run folder (as for train)")
+    experiment.add_argument("--steps", type=_positive, help="optimizer steps (a cap with --time-budget)")
+    experiment.add_argument("--time-budget", type=float, help="stop after this many seconds")
+    experiment.add_argument("--levels", type=_positive, help="Glow backbone: override L")
+    experiment.add_argument("--blocks", type=_positive, help="CNN backbone: override the blocks")
+    experiment.add_argument("--flow-steps", type=_positive, help="override K (steps per level/block)")
+    experiment.add_argument("--coupling-width", type=_positive, help="Glow backbone: override the width")
+    experiment.add_argument("--activation", choices=["smooth-leaky-relu", "spline"],
+                            help="CNN backbone: the activation")
+    experiment.add_argument("--batch-size", type=_positive, default=100, help="per process")
+    experiment.add_argument("--lr", type=float, default=1e-3)
+    experiment.add_argument("--warmup", type=int, default=100)
+    experiment.add_argument("--seed", type=int, default=0)
+    experiment.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    experiment.add_argument("--checkpoint-every", type=_positive, default=200)
+    experiment.add_argument("--eval-limit", type=_positive, help="evaluate on the first N test images")
+    experiment.add_argument("--resume", action="store_true", help="continue DIR/checkpoint.pt")
+    experiment.add_argument("--quiet", action="store_true", help="no progress bar")
+    experiment.set_defaults(run=_experiment)
+
     evaluate = sub.add_parser("eval", help="test bits/dim of a checkpoint")
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--dataset", required=True)
@@ -266,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     bench.add_argument("--out", default="bench-results",
                        help="folder for bench.json, bench.md and the plots")
+    bench.add_argument("--scaling", action="store_true",
+                       help="only the time-scaling study (the paper's Figure 4): one training "
+                            "step of 4 inverse convs against image size, ours vs the dense "
+                            "O(n^3) and sequential solvers (writes scaling.json, scaling.png)")
     bench.add_argument("--jit", action="store_true",
                        help="only the run-time specialization section: compile times and "
                             "speed-ups over the generic kernel (writes jit.json)")
