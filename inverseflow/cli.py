@@ -147,34 +147,6 @@ def _experiment(args) -> int:
     return 0
 
 
-def _experiment(args) -> int:
-    from .train import TrainingDiverged
-    from .train import experiments
-
-    if args.list:
-        print(experiments.listing())
-        return 0
-    if not (args.name and args.dataset and args.out):
-        raise ValueError("give NAME, --dataset and --out (or --list)")
-    sizes = {k: getattr(args, k) for k in ("levels", "blocks", "flow_steps", "coupling_width",
-                                           "activation")}
-    fields = {k: getattr(args, k) for k in ("data_dir", "batch_size", "lr", "warmup", "seed",
-                                            "device", "checkpoint_every", "eval_limit",
-                                            "resume")}
-    config = experiments.train_config(args.name, args.dataset, args.out, args.steps,
-                                      args.time_budget, sizes, progress=not args.quiet, **fields)
-    try:
-        metrics = experiments.run(args.name, config)
-    except TrainingDiverged as exc:
-        print(f"inverseflow experiment: stopped: {exc}", file=sys.stderr)
-        return 3
-    if metrics:
-        print(f"{args.name}: test bits/dim {metrics['initial_test_bpd']:.4f} before, "
-              f"{metrics['test_bpd']:.4f} after {metrics['steps']} steps; "
-              f"{metrics['parameters']} parameters; metrics: {args.out}/metrics.json")
-    return 0
-
-
 def _eval(args) -> int:
     from .data import load_dataset
     from .train import evaluate, load_trained
@@ -263,31 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write TensorBoard event files (losses, test bits/dim, samples) "
                             "to OUT/tensorboard; needs the tensorboard package")
     train.set_defaults(run=_train)
-
-    experiment = sub.add_parser("experiment", help="run one of the paper's named experiments")
-    experiment.add_argument("name", nargs="?", metavar="NAME", help="see --list")
-    experiment.add_argument("--list", action="store_true", help="list the experiments")
-    experiment.add_argument("--dataset", help="digits, mnist, fashion-mnist, cifar10, ...")
-    experiment.add_argument("--data-dir")
-    experiment.add_argument("--out", help="run folder (as for train)")
-    experiment.add_argument("--steps", type=_positive, help="optimizer steps (a cap with --time-budget)")
-    experiment.add_argument("--time-budget", type=float, help="stop after this many seconds")
-    experiment.add_argument("--levels", type=_positive, help="Glow backbone: override L")
-    experiment.add_argument("--blocks", type=_positive, help="CNN backbone: override the blocks")
-    experiment.add_argument("--flow-steps", type=_positive, help="override K (steps per level/block)")
-    experiment.add_argument("--coupling-width", type=_positive, help="Glow backbone: override the width")
-    experiment.add_argument("--activation", choices=["smooth-leaky-relu", "spline"],
-                            help="CNN backbone: the activation")
-    experiment.add_argument("--batch-size", type=_positive, default=100, help="per process")
-    experiment.add_argument("--lr", type=float, default=1e-3)
-    experiment.add_argument("--warmup", type=int, default=100)
-    experiment.add_argument("--seed", type=int, default=0)
-    experiment.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    experiment.add_argument("--checkpoint-every", type=_positive, default=200)
-    experiment.add_argument("--eval-limit", type=_positive, help="evaluate on the first N test images")
-    experiment.add_argument("--resume", action="store_true", help="continue DIR/checkpoint.pt")
-    experiment.add_argument("--quiet", action="store_true", help="no progress bar")
-    experiment.set_defaults(run=_experiment)
 
     experiment = sub.add_parser("experiment", help="run one of the paper's named experiments")
     experiment.add_argument("name", nargs="?", metavar="NAME", help="see --list")
