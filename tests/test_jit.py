@@ -363,3 +363,26 @@ def test_cli_lists_and_clears_the_cache_and_info_shows_it(compiled, tmp_path, mo
     assert cli.main(["jit", "--clear"]) == 0
     assert "removed" in capsys.readouterr().out
     assert jit.cached() == []
+
+
+def test_background_mode_is_safe_under_torch_compile(compiled, monkeypatch, rng):
+    """The dispatch (and its hook) runs inside the op's real kernel, never while tracing with
+    fake tensors; a compiled graph picks up a shape specialized at run time."""
+    monkeypatch.setenv(jit.CACHE_ENV, str(compiled[0]))
+    weight = oracle.random_weight(CHANNELS, *KERNEL, ORDER, rng).requires_grad_()
+    y = torch.randn(3, CHANNELS, 5, 4, generator=rng, dtype=torch.float64)
+    torch._dynamo.reset()
+    jit.enable(True)
+    try:
+        step = torch.compile(lambda a, b: inverseflow.inv_conv2d(a, b, ORDER).square().sum(),
+                             fullgraph=True, backend="aot_eager")
+        loss = step(y, weight)
+        loss.backward()
+        jit.wait()
+    finally:
+        jit.enable(False)
+    x = oracle.inv_conv(y, weight.detach(), ORDER)
+    assert torch.allclose(loss.detach(), x.square().sum(), rtol=1e-10)
+    weight_ref = weight.detach().clone().requires_grad_()
+    oracle.inv_conv(y, weight_ref, ORDER).square().sum().backward()
+    assert oracle.rel_err(weight.grad, weight_ref.grad) < 1e-8

@@ -138,8 +138,12 @@ def _compile(layer, backend, toolchain, rendered, render, entry_name, key) -> Pa
 
 def _load(entry: Path, manifest: dict):
     spec = importlib.util.spec_from_file_location(manifest["module"], entry / manifest["library"])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError) as exc:
+        raise JitError(f"the cached module {entry} does not load ({exc}); "
+                       "`inverseflow jit --clear` empties the cache") from None
     names = sorted(s["name"] for s in module.specializations())
     if names != sorted(manifest["kernels"]):
         raise JitError(f"{entry} holds kernels {names}, its manifest says {manifest['kernels']}")

@@ -17,7 +17,7 @@ import sysconfig
 from pathlib import Path
 
 from ..ops import _backends
-from ._errors import JitError, ToolchainError
+from ._errors import ToolchainError
 
 PIP_HINT = "pip install 'inverseflow[jit]'"
 
@@ -141,7 +141,3 @@ def for_backend(backend: str) -> Toolchain:
         flags += _cuda_arch_flags(archs)
     return Toolchain(backend, compiler, compiler_version(compiler), tuple(flags), includes,
                      sysconfig.get_config_var("EXT_SUFFIX") or ".so", pybind11_version)
-
-
-def describe_error(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, JitError) else f"{type(exc).__name__}: {exc}"
