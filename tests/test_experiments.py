@@ -83,3 +83,27 @@ def test_time_budget_stops_the_run(tmp_path):
     metrics = experiments.run("glow", config)
     assert metrics["steps"] == 1 and metrics["stopped_by_time_budget"]
     torch.testing.assert_close(torch.tensor(metrics["train_seconds"] > 0), torch.tensor(True))
+
+
+def test_paper_tables_markdown_from_runs(tmp_path):
+    from inverseflow.train import paper_tables
+
+    for name, placement in (("if-glow", "density"), ("exponential-cnn", None)):
+        run = tmp_path / name
+        run.mkdir()
+        timings = ({"density": {"density_ms": 11.0, "sampling_ms": 22.0},
+                    "sampling": {"density_ms": 33.0, "sampling_ms": 44.0}}
+                   if placement else {"conv-exp": {"density_ms": 55.0, "sampling_ms": 66.0}})
+        (run / "metrics.json").write_text(json.dumps({
+            "dataset": "mnist", "steps": 7, "requested_steps": 7, "batch_size": 100,
+            "test_images": 2000, "initial_test_bpd": 6.5, "test_bpd": 3.25, "parameters": 1234,
+            "seconds_per_step": 1.5, "solve_on": placement,
+            "pass_timings_ms": {"batch_1": {}, "batch_100": timings}}))
+    text = paper_tables.markdown(tmp_path, wall_seconds=600, command="x", notes=["far"])
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()
+            if line.startswith("| ") and "`" in line}
+    assert "**3.250**" in rows["if-glow"] and "1,234" in rows["if-glow"]
+    assert "22 ms | 11 ms" in rows["if-glow"]            # the trained placement's passes
+    assert "66 ms | 55 ms" in rows["exponential-cnn"]
+    assert "not run" in rows["glow"] and "not run" in rows["finc-cnn"]
+    assert "10.0 min" in text and "- far" in text
