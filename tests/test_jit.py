@@ -386,3 +386,20 @@ def test_background_mode_is_safe_under_torch_compile(compiled, monkeypatch, rng)
     weight_ref = weight.detach().clone().requires_grad_()
     oracle.inv_conv(y, weight_ref, ORDER).square().sum().backward()
     assert oracle.rel_err(weight.grad, weight_ref.grad) < 1e-8
+
+
+def test_bench_jit_section_structure(monkeypatch, tmp_path):
+    """`inverseflow bench --jit` plumbing, on a shape the build has (no compile needed)."""
+    from inverseflow.bench import jit_speedup
+
+    monkeypatch.setattr(jit_speedup, "SHAPES", [(8, "quad")])
+    result = jit_speedup.run("cpu", quick=True)
+    (row,) = result["shapes"]
+    assert row["kernel_after"] == "invconv_k3x3_c8_quad_f32_solve_cpu"
+    assert row["max_abs_difference"] < 1e-5
+    assert row["speedup_solve"] > 0 and row["timings"]["jit_solve"]["rounds"] == 5
+    assert "C=8 quad" in jit_speedup.format_report(result)
+    saved = json.loads(jit_speedup.write(result, tmp_path).read_text())
+    assert saved["shapes"][0]["kernel_after"] == row["kernel_after"]
+    with pytest.raises(ValueError, match="device"):
+        jit_speedup.run("cuda")
