@@ -89,10 +89,11 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[dict, str]:
 
 
 # A child that specializes the shared shape, checks one solve against the oracle and
-# reports the kernel that ran; it logs inverseflow.jit's INFO lines ("compiling ...").
+# reports the kernel that ran; it logs inverseflow.jit's DEBUG lines ("compiling ...").
 SPECIALIZE_CHILD = f"""
     import json, logging, torch
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig()
+    logging.getLogger("inverseflow.jit").setLevel(logging.DEBUG)
     import inverseflow, oracle
     from inverseflow.ops import _dispatch
     names = inverseflow.jit.specialize({KERNEL}, {CHANNELS}, "{ORDER}")

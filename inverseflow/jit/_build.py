@@ -104,7 +104,7 @@ def _compile(layer, backend, toolchain, rendered, render, entry_name, key) -> Pa
                                                                    rendered]
         cmd = toolchain.command(sources, workspace / library, render.HEADERS,
                                 [f"IFLOW_HAS_{layer.stem}", f"IFLOW_JIT_MODULE={entry_name}"])
-        log.info("compiling %s with %s", describe(layer, backend), Path(toolchain.compiler).name)
+        log.debug("compiling %s with %s", describe(layer, backend), Path(toolchain.compiler).name)
         start = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=workspace, capture_output=True, text=True,
@@ -129,7 +129,7 @@ def _compile(layer, backend, toolchain, rendered, render, entry_name, key) -> Pa
             "compile_seconds": round(seconds, 2),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             **toolchain.describe()})
-        log.info("compiled %s in %.1f s", describe(layer, backend), seconds)
+        log.debug("compiled %s in %.1f s", describe(layer, backend), seconds)
         return workspace
     except BaseException:
         _cache.discard(workspace)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -33,6 +35,7 @@ class Toolchain:
     include_dirs: tuple    # Python and pybind11 headers
     ext_suffix: str        # e.g. ".cpython-311-x86_64-linux-gnu.so"
     pybind11_version: str
+    host_cpu: str = ""     # with -march=native: the CPU the code is tuned for
 
     def command(self, sources: list[Path], output: Path, include: Path,
                 defines: list[str]) -> list[str]:
@@ -48,7 +51,7 @@ class Toolchain:
     def describe(self) -> dict:
         return {"compiler": self.compiler, "compiler_version": self.version,
                 "flags": list(self.flags), "pybind11": self.pybind11_version,
-                "ext_suffix": self.ext_suffix}
+                "ext_suffix": self.ext_suffix, "host_cpu": self.host_cpu}
 
 
 def _recorded() -> dict:
@@ -112,6 +115,22 @@ def _cuda_arch_flags(archs: str) -> list[str]:
     return flags
 
 
+def _host_cpu() -> str:
+    """The CPU model and its instruction-set flags: code built with -march=native for one
+    CPU can crash on another, so a cache shared between machines must tell them apart."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in text.split("\n\n")[0].splitlines():
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    flags = fields.get("flags") or fields.get("Features") or ""
+    digest = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:16]
+    return f"{fields.get('model name') or platform.machine()} (isa {digest})"
+
+
 def _python_includes() -> tuple[tuple, str]:
     try:
         import pybind11
@@ -139,5 +158,7 @@ def for_backend(backend: str) -> Toolchain:
                             "-O3 -DNDEBUG -Xcompiler=-fvisibility=hidden -O3 -std=c++17")
         archs = os.environ.get("INVERSEFLOW_CUDA_ARCHS") or recorded.get("cuda_archs") or "90"
         flags += _cuda_arch_flags(archs)
+    native = any(f.startswith(("-march=native", "-mcpu=native", "-mtune=native")) for f in flags)
     return Toolchain(backend, compiler, compiler_version(compiler), tuple(flags), includes,
-                     sysconfig.get_config_var("EXT_SUFFIX") or ".so", pybind11_version)
+                     sysconfig.get_config_var("EXT_SUFFIX") or ".so", pybind11_version,
+                     _host_cpu() if native else "")
