@@ -151,6 +151,9 @@ def _eval(args) -> int:
     from .data import load_dataset
     from .train import evaluate, load_trained
 
+    from .train.preflight import check_device
+
+    check_device(args.device)   # before the checkpoint, which would be blamed otherwise
     model, state = load_trained(args.checkpoint, args.device)
     data = load_dataset(args.dataset, args.data_dir)
     if tuple(data.image_shape) != tuple(model.image_shape):
@@ -168,10 +171,12 @@ def _sample(args) -> int:
     from .train.grids import save_grid
     from .train import load_trained
 
-    if not args.temperature > 0:
-        raise ValueError(f"--temperature must be positive, got {args.temperature}")
+    from .train.preflight import check_device, prepare_output_file
+
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out must be a .png file, got {args.out!r}")
+    check_device(args.device)
+    prepare_output_file(args.out)
     model, _ = load_trained(args.checkpoint, args.device)
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     images = model.sample(args.num, args.temperature, generator=gen)
@@ -183,6 +188,16 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
     return value
 
 
@@ -211,10 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--steps", type=_positive, help="total optimizer steps")
     length.add_argument("--epochs", type=_positive, help="total epochs")
     train.add_argument("--model", default="inverseflow", choices=["inverseflow", "glow"])
-    train.add_argument("--solve-on", default="density", choices=["density", "sampling"],
-                       help="density: Inverse-Flow placement; sampling: FInC/Emerging")
-    train.add_argument("--order", default="quad", choices=["TL", "TR", "BL", "BR", "quad"])
-    train.add_argument("--kernel-size", type=_positive, default=3)
+    train.add_argument("--solve-on", choices=["density", "sampling"],
+                       help="density (default): Inverse-Flow placement; sampling: "
+                            "FInC/Emerging (k×k models only, not glow)")
+    train.add_argument("--order", choices=["TL", "TR", "BL", "BR", "quad"],
+                       help="corner order of the k×k layer (default quad; not glow)")
+    train.add_argument("--kernel-size", type=_positive,
+                       help="k of the k×k layer (default 3; not glow)")
     train.add_argument("--levels", type=_positive, help="override the preset's L")
     train.add_argument("--flow-steps", type=_positive, help="override the preset's K")
     train.add_argument("--coupling-width", type=_positive, help="override the preset's width")
@@ -228,8 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-limit", type=_positive, help="evaluate on the first N test images")
     train.add_argument("--time-budget", type=float, help="stop training after this many seconds")
     train.add_argument("--num-samples", type=_positive, default=64)
-    train.add_argument("--temperature", type=float, default=0.7)
-    train.add_argument("--resume", action="store_true", help="continue DIR/checkpoint.pt")
+    train.add_argument("--temperature", type=_positive_float, default=0.7)
+    train.add_argument("--resume", action="store_true",
+                       help="continue OUT/checkpoint.pt; the other flags must match the run's, "
+                            "except --steps/--epochs, --time-budget, --checkpoint-every, --quiet, "
+                            "--tensorboard, --out, --data-dir, --device, --eval-limit, "
+                            "--num-samples and --temperature")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--tensorboard", action="store_true",
                        help="also write TensorBoard event files (losses, test bits/dim, samples) "
@@ -274,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint", required=True)
     sample.add_argument("--num", type=_positive, default=64)
     sample.add_argument("--out", required=True, help="FILE.png")
-    sample.add_argument("--temperature", type=float, default=0.7)
+    sample.add_argument("--temperature", type=_positive_float, default=0.7)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     sample.set_defaults(run=_sample)
@@ -309,6 +331,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as exc:
+    except KeyboardInterrupt as exc:
+        # A training run turns Ctrl-C into a checkpoint and says so (train.guards).
+        print(f"inverseflow {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, RuntimeError, OSError) as exc:
         print(f"inverseflow {args.command}: error: {exc}", file=sys.stderr)
         return 2

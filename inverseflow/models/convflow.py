@@ -9,6 +9,7 @@ from torch import nn
 
 from ..nn import ActNorm, Dequantize, LogitTransform, Squeeze
 from .flow import LOG_2PI, bits_per_dim
+from .inputs import check_images, check_latents, check_temperature, positive_count
 from .layers import ACTIVATIONS, SWITCHABLE, check_layer, conv_layer
 from .layers import activation as make_activation
 
@@ -123,11 +124,7 @@ class ConvFlow(nn.Module):
         self.bits_per_dim(x_uint8, generator)
 
     def encode(self, x):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError("x must be a floating-point tensor of images in [0, 1]")
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"x must have shape (B, {', '.join(map(str, self.image_shape))}), "
-                             f"got {tuple(x.shape)}")
+        check_images(x, self.image_shape, self.dtype, logit_alpha=self.logit.alpha)
         h, logdet = self.logit(x)
         for layer in self.layers:
             h, ld = layer(h)
@@ -135,14 +132,14 @@ class ConvFlow(nn.Module):
         return h.flatten(1), logdet
 
     def decode(self, z):
-        if z.dim() != 2 or z.shape[1] != self.dim:
-            raise ValueError(f"z must have shape (B, {self.dim}), got {tuple(z.shape)}")
+        check_latents(z, self.dim, self.dtype)
         h = z.reshape(z.shape[0], *self.latent_shape)
         for layer in reversed(self.layers):
             h = layer.inverse(h)
         return self.logit.inverse(h)
 
     def log_prob(self, x):
+        check_images(x, self.image_shape, self.dtype)
         z, logdet = self.encode(x)
         return -0.5 * (z.pow(2).sum(1) + z.shape[1] * LOG_2PI) + logdet
 
@@ -156,9 +153,7 @@ class ConvFlow(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None):
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature!r}")
+        n = positive_count(n, "n")
+        temperature = check_temperature(temperature)
         z = torch.randn(n, self.dim, generator=generator, device=self.device) * temperature
         return self.decode(z.to(self.dtype)).clamp(0, 1)

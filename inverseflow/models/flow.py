@@ -9,6 +9,7 @@ from torch import nn
 
 from ..nn import ActNorm, AffineCoupling, Dequantize, InvConv2d, InvertibleConv1x1
 from ..nn import LogitTransform, Split, Squeeze
+from .inputs import check_images, check_latents, check_temperature, positive_count
 from .layers import SWITCHABLE, activation, check_layer, conv_layer
 
 LOG_2PI = math.log(2 * math.pi)
@@ -146,11 +147,7 @@ class InverseFlow(nn.Module):
         self.bits_per_dim(x_uint8, generator)
 
     def encode(self, x):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError("x must be a floating-point tensor of images in [0, 1]")
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"x must have shape (B, {', '.join(map(str, self.image_shape))}), "
-                             f"got {tuple(x.shape)}")
+        check_images(x, self.image_shape, self.top_mean.dtype, logit_alpha=self.logit.alpha)
         h, logdet = self.logit(x)
         latents = []
         for index, steps in enumerate(self.levels):
@@ -167,8 +164,7 @@ class InverseFlow(nn.Module):
         return torch.cat(latents, dim=1), logdet
 
     def decode(self, z):
-        if z.dim() != 2 or z.shape[1] != self.dim:
-            raise ValueError(f"z must have shape (B, {self.dim}), got {tuple(z.shape)}")
+        check_latents(z, self.dim, self.top_mean.dtype)
         sizes = [math.prod(s) for s in self.latent_shapes]
         pieces = [p.reshape(z.shape[0], *s) for p, s in zip(z.split(sizes, dim=1),
                                                             self.latent_shapes)]
@@ -182,6 +178,7 @@ class InverseFlow(nn.Module):
         return self.logit.inverse(h)
 
     def log_prob(self, x):
+        check_images(x, self.image_shape, self.top_mean.dtype)
         z, logdet = self.encode(x)
         return -0.5 * (z.pow(2).sum(1) + z.shape[1] * LOG_2PI) + logdet
 
@@ -197,10 +194,8 @@ class InverseFlow(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None):
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature!r}")
+        n = positive_count(n, "n")
+        temperature = check_temperature(temperature)
         device = self.top_mean.device
         z = torch.randn(n, self.dim, generator=generator, device=device) * temperature
         return self.decode(z.to(self.top_mean.dtype)).clamp(0, 1)
@@ -210,11 +205,20 @@ class Glow(InverseFlow):
     """The Glow baseline (Kingma & Dhariwal, NeurIPS 2018): the same multi-scale flow
     with invertible 1×1 convolutions only (no k×k layer)."""
 
+    # Options of the k×k layer, which Glow does not have: giving one is a mistake.
+    KXK_OPTIONS = ("kernel_size", "solve_on", "order", "layer")
+
     def __init__(self, image_shape, levels: int, steps: int, coupling_width: int = 512,
-                 logit_alpha: float = 0.05, **ignored):
+                 logit_alpha: float = 0.05, **options):
+        given = {k: options[k] for k in self.KXK_OPTIONS if options.get(k) is not None}
+        if given:
+            raise ValueError("Glow has no k×k invertible convolution, so it takes no "
+                             + ", ".join(f"{k}={v!r}" for k, v in given.items())
+                             + "; drop them, or use model='inverseflow'")
+        options = {k: v for k, v in options.items() if k not in self.KXK_OPTIONS}
         super().__init__(image_shape, levels, steps, kernel_size=None,
-                         coupling_width=coupling_width, logit_alpha=logit_alpha)
-        self.config["model"] = "glow"
+                         coupling_width=coupling_width, logit_alpha=logit_alpha, **options)
+        self.config.update(model="glow", solve_on=None, order=None)
 
 
 def bits_per_dim(log_prob, dim: int):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..ops import causal_conv2d, inv_conv2d
+from ..ops._geometry import center, groups, masked_weight
 from ..ops._validate import ORDERS, check_order
 
 PLACEMENTS = ("density", "sampling")
@@ -22,6 +23,14 @@ class InvConv2d(nn.Module):
     2019) placement, the other way round. Both use the same parameters, so
     :meth:`set_solve_on` switches a trained layer between them (a different function of
     the data, with the same exact log-det).
+
+    Stability: the inverse is an IIR filter. With ``L`` the masked center matrix and
+    ``W_t`` the off-center taps, ``ρ = Σ_t ‖L⁻¹ W_t‖_∞ < 1`` guarantees
+    ``max|x| ≤ ‖L⁻¹‖_∞ max|y| / (1 − ρ)`` at any image size (:meth:`stability_bound`
+    returns ρ); past it the solve can grow exponentially across the image. With
+    ``record_growth = True`` each solve stores ``last_growth``, the largest
+    ``max|x| / max|y|`` since it was last cleared (two reductions per solve), which the
+    training loop logs and warns on.
     """
 
     def __init__(self, channels: int, kernel_size: int | tuple = 3, order: str = "quad",
@@ -39,6 +48,8 @@ class InvConv2d(nn.Module):
         # Identity plus small noise: the mask makes the center's diagonal 1, and every
         # other tap starts near 0, so the layer starts near the identity.
         self.weight = nn.Parameter(init_scale / (kh * kw) ** 0.5 * torch.randn(channels, cg, kh, kw))
+        self.record_growth = False
+        self.last_growth: torch.Tensor | None = None
 
     def set_solve_on(self, solve_on: str) -> None:
         if solve_on not in PLACEMENTS:
@@ -46,12 +57,39 @@ class InvConv2d(nn.Module):
         self.solve_on = solve_on
 
     def forward(self, x):
-        op = inv_conv2d if self.solve_on == "density" else causal_conv2d
-        return op(x, self.weight, self.order), x.new_zeros(x.shape[0])
+        if self.solve_on == "density":
+            return self._solve(x), x.new_zeros(x.shape[0])
+        return causal_conv2d(x, self.weight, self.order), x.new_zeros(x.shape[0])
 
     def inverse(self, z):
-        op = causal_conv2d if self.solve_on == "density" else inv_conv2d
-        return op(z, self.weight, self.order)
+        if self.solve_on == "density":
+            return causal_conv2d(z, self.weight, self.order)
+        return self._solve(z)
+
+    def _solve(self, y):
+        x = inv_conv2d(y, self.weight, self.order)
+        if self.record_growth and x.numel():
+            with torch.no_grad():
+                growth = x.abs().amax() / y.abs().amax().clamp_min(torch.finfo(y.dtype).tiny)
+                self.last_growth = growth if self.last_growth is None else torch.maximum(
+                    self.last_growth, growth)
+        return x
+
+    @torch.no_grad()
+    def stability_bound(self) -> float:
+        """ρ = Σ_t ‖L⁻¹ W_t‖_∞ over the off-center taps (per channel group, the largest);
+        ρ < 1 is sufficient for a bounded inverse (see the class docstring)."""
+        w = masked_weight(self.weight.detach().double(), self.order)
+        kh, kw = w.shape[2], w.shape[3]
+        bounds = []
+        for corner, part in groups(self.order, w.shape[0]):
+            ci, cj = center(corner, kh, kw)
+            taps = w[part]
+            l_inv = torch.linalg.inv(taps[:, :, ci, cj])
+            folded = torch.einsum("ab,bcij->acij", l_inv, taps)
+            folded[:, :, ci, cj] = 0
+            bounds.append(folded.abs().sum(dim=1).amax(dim=0).sum())   # Σ_t ‖·‖_∞
+        return float(max(bounds))
 
     def extra_repr(self) -> str:
         return f"order={self.order!r}, solve_on={self.solve_on!r}, weight={tuple(self.weight.shape)}"

@@ -23,7 +23,9 @@ from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save
 from ..data import load_dataset
 from ..models import build_model, from_preset
 from ..models.timing import placement_timings
+from . import guards, preflight
 from .grids import save_grid
+from .resume_flags import check_resume_flags
 from .tensorboard_log import TensorBoardLog
 
 
@@ -39,9 +41,10 @@ class TrainConfig:
     epochs: int | None = None
     data_dir: str | None = None
     model: str = "inverseflow"
-    solve_on: str = "density"
-    order: str = "quad"
-    kernel_size: int = 3
+    # The k×k layer's options; None takes the model's default (Glow takes none of them).
+    solve_on: str | None = None
+    order: str | None = None
+    kernel_size: int | None = None
     levels: int | None = None
     flow_steps: int | None = None
     coupling_width: int | None = None
@@ -75,8 +78,9 @@ class TrainConfig:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("lr", "lr_final", "temperature", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and positive, got {value!r}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget must be positive seconds, got {self.time_budget!r}")
         if self.device not in ("cpu", "cuda"):
@@ -157,14 +161,16 @@ def train(config: TrainConfig) -> dict:
     """Runs (or resumes) a training run; returns the metrics written to metrics.json."""
     config.validate()
     device = torch.device(config.device)
+    preflight.prepare_run_folder(config.out)
     ctx = distributed.setup(device.type)
     try:
-        return _train(config, device, ctx)
+        with guards.InterruptRequest() as interrupt:
+            return _train(config, device, ctx, interrupt)
     finally:
         distributed.teardown(ctx)
 
 
-def _train(config: TrainConfig, device, ctx) -> dict:
+def _train(config: TrainConfig, device, ctx, interrupt=None) -> dict:
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT_NAME
     data = load_dataset(config.dataset, config.data_dir)
@@ -180,6 +186,7 @@ def _train(config: TrainConfig, device, ctx) -> dict:
         if state["dataset"] != config.dataset or state["model_config"]["model"] != config.model:
             raise ValueError(f"{ckpt_path} is a {state['model_config']['model']} run on "
                              f"{state['dataset']}, not {config.model} on {config.dataset}")
+        check_resume_flags(state["train_config"], dataclasses.asdict(config), ckpt_path)
         model = restore_model(state, ckpt_path, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         try:
@@ -215,35 +222,67 @@ def _train(config: TrainConfig, device, ctx) -> dict:
         trainer = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index or 0] if device.type == "cuda" else None)
 
+    saved_step = start_step if config.resume else None   # the step ckpt_path holds
+    growth = guards.GrowthMonitor(model)
+
+    def diverged(reason: str) -> TrainingDiverged:
+        progress.close()
+        growth.close()
+        kept = (f"kept the last good checkpoint {ckpt_path} (step {saved_step})"
+                if saved_step is not None else "no checkpoint was written yet")
+        seen = (f"; the largest inverse growth max|x|/max|y| was {growth.max_seen:.3g}"
+                if growth.max_seen is not None else "")
+        return TrainingDiverged(f"{reason} (the inverse convolution can overflow when its "
+                                f"filter is unstable{seen}); {kept}; lower --lr or --grad-clip")
+
     def checkpoint(step: int) -> None:
+        nonlocal saved_step
         if ctx.is_main:
-            save_checkpoint({"model": model.state_dict(), "model_config": model.config,
+            model_state = model.state_dict()
+            if not guards.all_finite(model_state.values()):
+                bad = guards.nonfinite_names(model_state.items())
+                raise diverged(f"non-finite values in {', '.join(bad[:3])} at step {step}; "
+                               "not saved")
+            save_checkpoint({"model": model_state, "model_config": model.config,
                              "optimizer": optimizer.state_dict(), "step": step,
                              "losses": losses, "train_seconds": train_seconds,
                              "initial_test_bpd": initial_bpd, "dataset": config.dataset,
                              "train_config": dataclasses.asdict(config)}, ckpt_path)
+        saved_step = step
 
     progress = Progress(total_steps, start_step, config.progress and ctx.is_main)
     step, stopped_by_budget, t_start = start_step, False, time.perf_counter()
     model.train()
     while step < total_steps:
+        # Ctrl-C is honoured here, between whole steps, so the checkpoint replays exactly.
+        if interrupt is not None and not distributed.all_agree(ctx, not interrupt.requested):
+            progress.close()
+            growth.close()
+            train_seconds += time.perf_counter() - t_start
+            checkpoint(step)
+            raise guards.TrainingInterrupted(step, ckpt_path)
         idx = batch_indices(len(data.train), global_batch, step, config.seed, ctx)
         x = data.train[idx].to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         loss = trainer(x, _noise(config.seed, step, ctx.rank)).mean()
         if not distributed.all_agree(ctx, bool(torch.isfinite(loss))):
-            progress.close()
-            raise TrainingDiverged(
-                f"non-finite loss at step {step + 1} (the inverse convolution can overflow "
-                f"when its filter is unstable); kept the last good checkpoint {ckpt_path} "
-                f"(step {step if ckpt_path.exists() else 'none'}); lower --lr or --grad-clip")
+            raise diverged(f"non-finite loss at step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # A step is kept only with finite gradients and finite parameters after it.
+        if not distributed.all_agree(ctx, guards.all_finite(p.grad for p in model.parameters())):
+            bad = guards.nonfinite_names((n, p.grad) for n, p in model.named_parameters())
+            raise diverged(f"non-finite gradient at step {step + 1} (in {', '.join(bad[:3])})")
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        if not distributed.all_agree(ctx, guards.all_finite(model.parameters())):
+            bad = guards.nonfinite_names(model.named_parameters())
+            raise diverged(f"non-finite parameters after the update of step {step + 1} "
+                           f"(in {', '.join(bad[:3])})")
         step += 1
         losses.append(loss.item())
+        growth.peak(step)
         progress.update(step, losses[-1])
         tb_log.train_step(step, losses[-1], optimizer.param_groups[0]["lr"])
         elapsed = time.perf_counter() - t_start
@@ -256,6 +295,9 @@ def _train(config: TrainConfig, device, ctx) -> dict:
             stopped_by_budget = step < total_steps
             break
     progress.close()
+    growth.close()
+    if interrupt is not None:
+        interrupt.__exit__()   # Ctrl-C during the final evaluation interrupts it at once
     distributed.barrier(ctx)
     if not ctx.is_main:
         return {}
@@ -271,7 +313,9 @@ def _train(config: TrainConfig, device, ctx) -> dict:
                "parameters": sum(p.numel() for p in model.parameters()),
                "train_seconds": train_seconds,
                "seconds_per_step": train_seconds / max(1, step - start_step) if start_step < step else None,
-               "final_train_loss": losses[-1] if losses else None, "train_losses": losses}
+               "final_train_loss": losses[-1] if losses else None, "train_losses": losses,
+               "max_inverse_growth": growth.max_seen,
+               "inverse_growth_warning_threshold": growth.threshold}
     model.eval()
     gen = torch.Generator().manual_seed(config.seed)
     samples = model.sample(config.num_samples, config.temperature, generator=gen)
