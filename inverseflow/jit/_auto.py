@@ -3,7 +3,8 @@
 The dispatch calls :func:`on_unspecialized` after a generic kernel ran. The first time a
 shape shows up, one line is logged and a thread specializes it; calls keep running the
 generic kernel until the module is registered. A failure is one warning, never an
-exception into the caller's loop; after a missing toolchain, no further shape is tried.
+exception into the caller's loop; after a missing toolchain, no further shape of that
+backend is tried.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ ENV = "INVERSEFLOW_JIT"
 _requested: set[tuple] = set()
 _threads: list[threading.Thread] = []
 _guard = threading.Lock()
-_gave_up = False   # set after a ToolchainError: no shape can be compiled in this process
+_gave_up: set[str] = set()   # backends without a toolchain: nothing more to try there
 
 
 def requested_by_environment() -> bool:
@@ -42,12 +43,11 @@ def _announce(message: str) -> None:
 
 
 def _specialize_quietly(device_type, kh, kw, channels, order) -> None:
-    global _gave_up
     try:
         _build.specialize((kh, kw), channels, order, device_type)
     except Exception as exc:  # noqa: BLE001 - nothing may reach the training loop
         if isinstance(exc, ToolchainError):
-            _gave_up = True
+            _gave_up.add(device_type)
         warnings.warn(f"inverseflow.jit: could not specialize kernel {kh}x{kw}, {channels} "
                       f"channels, {order} on {device_type}: {exc}. The generic kernel goes on.",
                       JitWarning, stacklevel=1)
@@ -56,7 +56,7 @@ def _specialize_quietly(device_type, kh, kw, channels, order) -> None:
 def on_unspecialized(device_type: str, kh: int, kw: int, channels: int, order: str) -> None:
     """The dispatch hook: starts one background specialization per new shape."""
     shape = (device_type, kh, kw, channels, order)
-    if shape in _requested or _gave_up:
+    if shape in _requested or device_type in _gave_up:
         return
     try:
         with _guard:
@@ -73,6 +73,18 @@ def on_unspecialized(device_type: str, kh: int, kw: int, channels: int, order: s
     except Exception as exc:  # noqa: BLE001 - e.g. no thread can be started
         warnings.warn(f"inverseflow.jit: could not start a background compile: {exc}",
                       JitWarning, stacklevel=1)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (e.g. a DataLoader worker) has none of the parent's threads: fresh
+    locks; shapes the parent already asked for stay asked for (the child runs them generic)."""
+    global _guard, _threads
+    _guard = threading.Lock()
+    _threads = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def enable(on: bool = True) -> None:

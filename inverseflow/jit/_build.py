@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import logging
+import os
 import subprocess
 import threading
 import time
@@ -148,6 +149,17 @@ def _load(entry: Path, manifest: dict):
     if names != sorted(manifest["kernels"]):
         raise JitError(f"{entry} holds kernels {names}, its manifest says {manifest['kernels']}")
     return module
+
+
+def _after_fork_in_child() -> None:
+    """A lock held by a parent's thread at fork() would never be released in the child."""
+    global _key_locks_guard
+    _key_locks_guard = threading.Lock()
+    _key_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _key_lock(key: tuple) -> threading.Lock:

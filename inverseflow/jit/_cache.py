@@ -91,7 +91,9 @@ def lock(entry_name: str) -> filelock.FileLock:
 
 def new_workspace(entry_name: str) -> Path:
     """A private folder to compile in, on the same file system as the entries."""
-    return Path(tempfile.mkdtemp(prefix=f"{entry_name}.", dir=_service_dir(".tmp")))
+    workspace = Path(tempfile.mkdtemp(prefix=f"{entry_name}.", dir=_service_dir(".tmp")))
+    workspace.chmod(0o755)  # mkdtemp's 0700 would hide the entries of a shared cache
+    return workspace
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
