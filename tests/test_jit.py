@@ -404,3 +404,26 @@ def test_bench_jit_section_structure(monkeypatch, tmp_path):
     assert saved["shapes"][0]["kernel_after"] == row["kernel_after"]
     with pytest.raises(ValueError, match="device"):
         jit_speedup.run("cuda")
+
+
+def test_build_records_the_toolchain_the_jit_uses(compiled):
+    """The run-time module is compiled with the compiler and flags the build recorded."""
+    from inverseflow.ops import _backends
+
+    recorded = _backends.build_info()["toolchain"]
+    cache, _ = compiled
+    manifest, _ = _cache.inspect(_entry(cache))
+    assert Path(manifest["compiler"]).name == Path(recorded["cxx"]).name
+    assert manifest["flags"] == recorded["cxx_flags"].split()
+    assert "-O3" in manifest["flags"] and "-fvisibility=hidden" in manifest["flags"]
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="needs readelf")
+def test_run_time_module_does_not_link_libtorch(compiled):
+    cache, _ = compiled
+    entry = _entry(cache)
+    library = entry / json.loads((entry / "manifest.json").read_text())["library"]
+    needed = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True,
+                            check=True).stdout
+    libs = [line for line in needed.splitlines() if "(NEEDED)" in line]
+    assert libs and not any("torch" in line or "c10" in line for line in libs), libs
