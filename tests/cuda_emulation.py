@@ -116,7 +116,7 @@ def _key(kind: str, cxx: str, flags: list[str], sources: list[Path], extra: str)
     return f"{kind}-{digest.hexdigest()[:20]}"
 
 
-def _compile_all(cxx: str, jobs: list[tuple[list[str], Path]]) -> None:
+def _compile_all(jobs: list[tuple[list[str], Path]]) -> None:
     def run(job):
         cmd, _ = job
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -151,7 +151,7 @@ def _build_cached(kind: str, product: str, sources: list[tuple[Path, list[str]]]
             lang = ["-x", "c++"] if source.suffix == ".cu" else []
             jobs.append(([cxx, *flags, *includes, *source_flags, *lang, "-c", str(source),
                           "-o", str(obj)], obj))
-        _compile_all(cxx, jobs)
+        _compile_all(jobs)
         cmd = [cxx, *flags, *[str(obj) for _, obj in jobs], *link, "-o", str(work / product)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -165,9 +165,17 @@ def _registry_defines(stems: list[str]) -> list[str]:
     return [f"-DIFLOW_HAS_{stem}" for stem in stems]
 
 
-def build_module(stems: list[str]) -> Path:
-    import pybind11
+def _pybind11():
+    try:
+        import pybind11
+    except ImportError as exc:
+        raise BuildError("the emulation module needs pybind11 (in the `test` extra: "
+                         "pip install -e '.[test]')") from exc
+    return pybind11
 
+
+def build_module(stems: list[str]) -> Path:
+    pybind11 = _pybind11()
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     includes = ["-I", sysconfig.get_paths()["include"], "-I", pybind11.get_include()]
     flags = cpu_flags() + ["-fPIC", "-fvisibility=hidden"]
@@ -179,7 +187,7 @@ def build_module(stems: list[str]) -> Path:
 
 
 def build_cpu_reference(stems: list[str]) -> Path:
-    import pybind11
+    pybind11 = _pybind11()
 
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     includes = ["-I", sysconfig.get_paths()["include"], "-I", pybind11.get_include()]
