@@ -240,6 +240,9 @@ def test_thread_sanitizer_finds_no_race():
             cuda_emulation.specialization_stems([(4, 3, 3, "tl"), (4, 3, 3, "quad")]))
     except cuda_emulation.BuildError as exc:
         pytest.fail(str(exc))
+    # First, that this build reports a race at all: a kernel with a missing barrier.
+    proc = subprocess.run([str(exe), "--self-test"], capture_output=True, text=True, timeout=60)
+    assert "ThreadSanitizer: data race" in proc.stderr, proc.stdout + proc.stderr[-4000:]
     proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert "ThreadSanitizer" not in out and proc.returncode == 0, out[-8000:]

@@ -65,18 +65,30 @@ class BlockBarrier {
         turns_(size_t(threads)), num_live_(threads) {}
 
   // Releases the threads once all are created (serial: the first in order gets the turn).
+  // The concurrent start gate has a mutex of its own: were it the barrier's, a thread that
+  // starts late would acquire what others released at a barrier it has not reached, and
+  // ThreadSanitizer would take that for synchronization the kernel does not have.
   void open() {
-    std::lock_guard<std::mutex> lock(mu_);
-    opened_ = true;
-    if (serial()) give_turn(first_live());
-    else phase_cv_.notify_all();
+    if (serial()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      opened_ = true;
+      give_turn(first_live());
+    } else {
+      std::lock_guard<std::mutex> lock(gate_mu_);
+      opened_ = true;
+      gate_cv_.notify_all();
+    }
   }
 
   // Called by thread t before it runs the kernel.
   void enter(int t) {
-    std::unique_lock<std::mutex> lock(mu_);
-    if (serial()) turns_[size_t(t)].wait(lock, [&] { return opened_ && turn_ == t; });
-    else phase_cv_.wait(lock, [&] { return opened_; });
+    if (serial()) {
+      std::unique_lock<std::mutex> lock(mu_);
+      turns_[size_t(t)].wait(lock, [&] { return opened_ && turn_ == t; });
+    } else {
+      std::unique_lock<std::mutex> lock(gate_mu_);
+      gate_cv_.wait(lock, [&] { return opened_; });
+    }
   }
 
   // __syncthreads(): returns once every live thread of the block has arrived.
@@ -139,8 +151,8 @@ class BlockBarrier {
   }
 
   const Schedule schedule_;
-  std::mutex mu_;
-  std::condition_variable phase_cv_;
+  std::mutex mu_, gate_mu_;
+  std::condition_variable phase_cv_, gate_cv_;
   std::vector<char> live_, arrived_;
   std::vector<std::condition_variable> turns_;
   int num_live_, num_arrived_ = 0, turn_ = -1;

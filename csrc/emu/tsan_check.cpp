@@ -5,6 +5,8 @@
 // threads running concurrently between barriers: a missing __syncthreads() is then a data
 // race that TSan reports (exit code 66). Results are also compared with the CPU kernel.
 // Exit status: 0 clean, 1 a wrong result, 2 a failed launch, 66 a race (TSan's).
+// `tsan_check --self-test` instead runs a kernel with a deliberately missing barrier, so
+// the test can see that this build does report races.
 #include <cmath>
 #include <cstdio>
 #include <exception>
@@ -108,9 +110,22 @@ bool run(const Case& c, int path, std::mt19937_64& rng) {
   return ok;
 }
 
+// Thread 1 reads what thread 0 wrote to shared memory, with no __syncthreads() between.
+void racy_kernel(float* out) {
+  if (threadIdx.x == 0) inverseflow::cuda::detail::smem_raw[0] = 1;
+  if (threadIdx.x == 1) *out = inverseflow::cuda::detail::smem_raw[0];
+}
+
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--self-test") {
+    float out = 0;
+    emu::run_grid(dim3(1), dim3(2), 4, {cuda::detail::smem_raw, cuda::detail::kSharedCapacity},
+                  emu::Schedule::kConcurrent, [&out] { racy_kernel(&out); });
+    std::printf("self-test kernel ran\n");
+    return 0;
+  }
   std::mt19937_64 rng(20261129);
   int failures = 0, cases = 0;
   try {
