@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError, load_checkpoint
 from .experiments import EXPERIMENTS
 
 BACKBONES = (("glow", "Glow backbone"), ("cnn", "CNN backbone"))
@@ -40,6 +41,21 @@ def rows(runs: Path) -> dict[str, dict]:
         if path.exists():
             out[name] = json.loads(path.read_text())
     return out
+
+
+SIZE_KEYS = {"glow": ("levels", "steps", "coupling_width", "kernel_size"),
+             "cnn": ("blocks", "steps", "kernel_size", "activation")}
+
+
+def model_size(runs: Path, names: list[str], backbone: str) -> str | None:
+    """The size fields of the first run's model config (from its checkpoint)."""
+    for name in names:
+        try:
+            config = load_checkpoint(runs / name / "checkpoint.pt")["model_config"]
+        except (CheckpointError, FileNotFoundError, KeyError):
+            continue
+        return ", ".join(f"{key}={config[key]}" for key in SIZE_KEYS[backbone] if key in config)
+    return None
 
 
 def _fmt(value, spec, missing="—"):
@@ -69,8 +85,12 @@ def markdown(runs: Path, wall_seconds: float | None = None, command: str | None 
                  "times: medians of 5 calls on a batch of 100 after training, in the placement "
                  "the model was trained in; sampling = draw 100 latents and decode them.")
     for backbone, title in BACKBONES:
-        lines += ["", f"## {title}", "",
-                  "| experiment | paper's name | test bits/dim (step 0 → end) | parameters "
+        names = [n for n, e in EXPERIMENTS.items() if e.backbone == backbone and n in found]
+        size = model_size(runs, names, backbone)
+        lines += ["", f"## {title}", ""]
+        if size:
+            lines += [f"Model size (every row of this table): {size}.", ""]
+        lines += ["| experiment | paper's name | test bits/dim (step 0 → end) | parameters "
                   "| s / step | sampling 100 images | density pass, 100 images |",
                   "|---|---|---|---|---|---|---|"]
         for name, experiment in EXPERIMENTS.items():
