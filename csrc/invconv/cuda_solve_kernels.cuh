@@ -12,7 +12,8 @@
 // Kept apart from the launcher (cuda_solve.cuh, with its <<<...>>> and CUDA runtime calls)
 // so that the CPU emulation (DESIGN.md §8, csrc/emu/) compiles these very bodies as host
 // C++. Hence no #include <cuda_runtime.h> here: nvcc pre-includes the CUDA language
-// definitions, and the emulation pre-includes csrc/emu/cuda_host_shim.h instead.
+// definitions, and the emulation's launcher (csrc/emu/invconv/cuda_solve.cuh) includes
+// csrc/emu/cuda_host_shim.h before this header instead.
 #pragma once
 
 #include <cstdint>
