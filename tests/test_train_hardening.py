@@ -280,3 +280,13 @@ def test_train_logs_the_inverse_growth_and_warns_past_the_threshold(tmp_path, mo
     monkeypatch.setattr(guards, "GROWTH_WARNING_THRESHOLD", 1e-3)
     with pytest.warns(guards.InverseGrowthWarning, match="amplified its input"):
         train(_config(tmp_path / "b", steps=2))
+
+
+def test_a_failed_checkpoint_write_names_the_file_not_its_temporary(tmp_path):
+    from inverseflow.train.checkpoint import save_checkpoint
+
+    target = tmp_path / "blocker" / "checkpoint.pt"
+    (tmp_path / "blocker").write_text("x")
+    with pytest.raises(OSError) as info:
+        save_checkpoint({"step": 1}, target)
+    assert str(target) in str(info.value) and ".tmp" not in str(info.value)
