@@ -58,6 +58,9 @@ def test_cli_lists_runs_and_resumes(tmp_path, capsys):
     assert cli_main(args + ["--steps", "3", "--resume"]) == 0
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["steps"] == 3 and resumed["train_losses"][:2] == first["train_losses"]
+    # train_seconds sums both sessions, so the per-step time divides by all three steps.
+    assert resumed["train_seconds"] > first["train_seconds"]
+    assert resumed["seconds_per_step"] == pytest.approx(resumed["train_seconds"] / 3)
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -312,7 +312,8 @@ def _train(config: TrainConfig, device, ctx, interrupt=None) -> dict:
                "test_images": min(len(data.test), config.eval_limit or len(data.test)),
                "parameters": sum(p.numel() for p in model.parameters()),
                "train_seconds": train_seconds,
-               "seconds_per_step": train_seconds / max(1, step - start_step) if start_step < step else None,
+               # train_seconds covers every session of a resumed run, so divide by all steps.
+               "seconds_per_step": train_seconds / step if step else None,
                "final_train_loss": losses[-1] if losses else None, "train_losses": losses,
                "max_inverse_growth": growth.max_seen,
                "inverse_growth_warning_threshold": growth.threshold}
