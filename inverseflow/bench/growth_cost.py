@@ -94,7 +94,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", help="also write the figures as JSON")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (on a loaded machine, 1 avoids OpenMP spin-wait "
+                             "contention that can slow a step 100x)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = run(args.repeats)
     for r in result["rows"]:
         print(f"{r['preset']:>7} batch {r['batch']:3} ({r['invconv_layers']} InvConv2d): "
