@@ -290,3 +290,12 @@ def test_a_failed_checkpoint_write_names_the_file_not_its_temporary(tmp_path):
     with pytest.raises(OSError) as info:
         save_checkpoint({"step": 1}, target)
     assert str(target) in str(info.value) and ".tmp" not in str(info.value)
+
+
+def test_a_failed_sample_grid_write_names_the_file_not_its_temporary(tmp_path):
+    from inverseflow.train.grids import save_grid
+
+    target = tmp_path / "missing" / "s.png"
+    with pytest.raises(OSError) as info:
+        save_grid(torch.rand(2, 1, 4, 4), target)
+    assert str(target) in str(info.value) and ".tmp" not in str(info.value)

@@ -37,6 +37,11 @@ def save_grid(images: torch.Tensor, path, ncols: int | None = None, pad: int = 1
     pixels = grid[0] if grid.shape[0] == 1 else grid.permute(1, 2, 0)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(pixels.contiguous().numpy()).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(pixels.contiguous().numpy()).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        # Name the user's file, not the temporary one it is written through.
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
     return path
