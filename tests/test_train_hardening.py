@@ -299,3 +299,22 @@ def test_a_failed_sample_grid_write_names_the_file_not_its_temporary(tmp_path):
     with pytest.raises(OSError) as info:
         save_grid(torch.rand(2, 1, 4, 4), target)
     assert str(target) in str(info.value) and ".tmp" not in str(info.value)
+
+
+def test_all_finite_is_exact_for_huge_finite_values_and_nan():
+    huge = torch.full((4,), 3e38)                    # its 2-norm overflows float32
+    assert guards.all_finite([huge, torch.zeros(2, 2), None])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        assert not guards.all_finite([huge, torch.tensor([0.0, bad])])
+
+
+def test_tensorboard_logs_the_inverse_growth_per_step(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metrics = train(_config(tmp_path, steps=3, tensorboard=True))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    growth = events.Scalars("train/max_inverse_growth")
+    assert [e.step for e in growth] == [1, 2, 3]
+    assert max(e.value for e in growth) == pytest.approx(metrics["max_inverse_growth"], rel=1e-6)

@@ -25,9 +25,9 @@ def all_finite(tensors) -> bool:
     floats = [t.detach() for t in tensors if t is not None and t.is_floating_point() and t.numel()]
     if not floats:
         return True
-    # max|t| per tensor is inf or NaN exactly when t has a non-finite entry; a norm could
-    # overflow on large finite values and call them non-finite.
-    peaks = torch._foreach_max(torch._foreach_abs(floats))
+    # max|t| (the inf-norm) per tensor is inf or NaN exactly when t has a non-finite
+    # entry, with no copy of t; a 2-norm could overflow on large finite values.
+    peaks = torch._foreach_norm(floats, ord=float("inf"))
     return bool(torch.isfinite(torch.stack([p.to(torch.float64) for p in peaks])).all())
 
 

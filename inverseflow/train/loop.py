@@ -282,7 +282,7 @@ def _train(config: TrainConfig, device, ctx, interrupt=None) -> dict:
                            f"(in {', '.join(bad[:3])})")
         step += 1
         losses.append(loss.item())
-        growth.peak(step)
+        tb_log.inverse_growth(step, growth.peak(step))
         progress.update(step, losses[-1])
         tb_log.train_step(step, losses[-1], optimizer.param_groups[0]["lr"])
         elapsed = time.perf_counter() - t_start

@@ -49,6 +49,11 @@ class TensorBoardLog:
             self.writer.add_scalar("train/bits_per_dim", loss_bits_per_dim, step)
             self.writer.add_scalar("train/learning_rate", lr, step)
 
+    def inverse_growth(self, step: int, growth: float | None) -> None:
+        """The step's largest max|x| / max|y| of a k×k inverse (train.guards)."""
+        if self.writer is not None and growth is not None:
+            self.writer.add_scalar("train/max_inverse_growth", growth, step)
+
     def test_bits_per_dim(self, step: int, bpd: float) -> None:
         if self.writer is not None:
             self.writer.add_scalar("test/bits_per_dim", bpd, step)
