@@ -110,3 +110,22 @@ def test_paper_tables_markdown_from_runs(tmp_path):
     assert "66 ms | 55 ms" in rows["exponential-cnn"]
     assert "not run" in rows["glow"] and "not run" in rows["finc-cnn"]
     assert "10.0 min" in text and "- far" in text
+
+
+def test_remeasure_times_every_trained_run_round_robin(tmp_path):
+    from inverseflow.train import paper_tables
+
+    for name in ("glow", "if-cnn"):
+        experiment = experiments.get(name)
+        config = experiments.train_config(name, "digits", str(tmp_path / name), steps=1,
+                                          sizes=TINY[experiment.backbone], batch_size=16,
+                                          eval_limit=16, eval_batch_size=16, num_samples=4,
+                                          progress=False)
+        experiments.run(name, config)
+    result = paper_tables.remeasure(tmp_path, batch=8, repeats=2)
+    assert set(result["median_ms"]) == {"glow", "if-cnn"} and result["threads"] == 1
+    assert all(v > 0 for timing in result["median_ms"].values() for v in timing.values())
+    text = paper_tables.markdown(tmp_path)
+    assert "s / step in run" in text and "round-robin" in text
+    row = next(line for line in text.splitlines() if line.startswith("| glow "))
+    assert f"{result['median_ms']['glow']['sampling']:.0f} ms" in row
