@@ -10,6 +10,7 @@ forward-mode tangent is one more solve plus a causal conv with the weight's tang
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
 from . import _dispatch, _geometry
@@ -64,7 +65,7 @@ def _solve_tangent(solve, out, weight, order, rhs_tangent, weight_tangent, adjoi
     rhs = rhs_tangent if rhs_tangent is not None else torch.zeros_like(out)
     if weight_tangent is not None:
         rhs = rhs - _conv_with_weight_tangent(out, weight_tangent, order, adjoint)
-    return solve.apply(rhs, weight, order)
+    return _solve(solve, rhs, weight, order)
 
 
 class _InvConv2d(torch.autograd.Function):
@@ -88,7 +89,7 @@ class _InvConv2d(torch.autograd.Function):
     def backward(ctx, grad_x):
         # dL/dy = T⁻ᵀ g and dL/dW = −conv_weight_grad(x, T⁻ᵀ g).
         x, weight = ctx.saved_tensors
-        grad_y = _InvConv2dTransposed.apply(grad_x, weight, ctx.order)
+        grad_y = _solve(_InvConv2dTransposed, grad_x, weight, ctx.order)
         grad_w = _weight_grad(x, grad_y, weight, ctx.order) if ctx.needs_input_grad[1] else None
         return grad_y, grad_w, None
 
@@ -115,7 +116,7 @@ class _InvConv2dTransposed(torch.autograd.Function):
     def backward(ctx, grad_u):
         # dL/dg = T⁻¹ h and dL/dW = −conv_weight_grad(T⁻¹ h, u).
         u, weight = ctx.saved_tensors
-        grad_g = _InvConv2d.apply(grad_u, weight, ctx.order)
+        grad_g = _solve(_InvConv2d, grad_u, weight, ctx.order)
         grad_w = _weight_grad(grad_g, u, weight, ctx.order) if ctx.needs_input_grad[1] else None
         return grad_g, grad_w, None
 
@@ -141,11 +142,32 @@ def _autograd_kernel(op, function, public_name):
                 f"torch.ops.inverseflow.{op.__name__.split('.')[0]} was called directly under a "
                 f"torch.func transform (grad, jacrev, jacfwd, jvp, vmap, hessian); call "
                 f"{public_name} instead, which supports them")
-        if torch.is_grad_enabled() or torch._C._is_fwd_grad_enabled():
+        if _needs_autograd(a, weight):
             return function.apply(a, weight, order)
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & torch._C._after_autograd_keyset, a, weight, order)
     return kernel
+
+
+def _needs_autograd(a: Tensor, weight: Tensor) -> bool:
+    """Whether a call must go through the Function: an input records a graph, or forward
+    AD is on (a dual level is open, and we are not inside ``Function.forward``)."""
+    if torch.is_grad_enabled() and (a.requires_grad or weight.requires_grad):
+        return True
+    return torch._C._is_fwd_grad_enabled() and _forward_ad._current_level >= 0
+
+
+def _solve(function, a: Tensor, weight: Tensor, order: str) -> Tensor:
+    """The op itself when no derivative is wanted (half the per-call overhead: sampling
+    calls it once per layer at batch 1), else the Function; under torch.compile always
+    the op, since Dynamo can't trace a Function with a custom jvp."""
+    op = (torch.ops.inverseflow.inv_conv2d if function is _InvConv2d
+          else torch.ops.inverseflow.inv_conv2d_transposed)
+    if torch.compiler.is_compiling():
+        return op(a, weight, order)
+    if torch._C._are_functorch_transforms_active() or _needs_autograd(a, weight):
+        return function.apply(a, weight, order)
+    return op(a, weight, order)
 
 
 def _batching_rule(op):
@@ -191,17 +213,13 @@ def inv_conv2d(y: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
     Application to Normalizing Flows", AISTATS 2025.
     """
     check_conv_args(y, weight, order, "y")
-    if torch.compiler.is_compiling():   # Dynamo can't trace a Function with a custom jvp
-        return torch.ops.inverseflow.inv_conv2d(y, weight, order)
-    return _InvConv2d.apply(y, weight, order)
+    return _solve(_InvConv2d, y, weight, order)
 
 
 def inv_conv2d_transposed(g: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
     """``u = T(weight)⁻ᵀ g``: the adjoint of :func:`inv_conv2d` (its backward's solve)."""
     check_conv_args(g, weight, order, "g")
-    if torch.compiler.is_compiling():
-        return torch.ops.inverseflow.inv_conv2d_transposed(g, weight, order)
-    return _InvConv2dTransposed.apply(g, weight, order)
+    return _solve(_InvConv2dTransposed, g, weight, order)
 
 
 def causal_conv2d(x: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
