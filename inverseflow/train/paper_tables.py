@@ -199,7 +199,7 @@ def markdown(runs: Path, wall_seconds: float | None = None, command: str | None 
             if experiment.backbone == backbone:
                 lines.append(f"- `{name}`: {experiment.description}."
                              + (f" Differs: {experiment.differences}." if experiment.differences
-                                else " As in the paper's code, at the preset's size."))
+                                else " As in the paper's code (at the size given above)."))
     return "\n".join(lines) + "\n"
 
 
