@@ -135,3 +135,15 @@ def test_large_off_center_taps_show_large_growth(rng):
     layer.record_growth = True
     layer(torch.randn(1, 4, 16, 16, generator=rng, dtype=torch.float64))
     assert not float(layer.last_growth) < 1e4       # huge (or inf/NaN), never silent
+
+
+def test_glow_checkpoint_configs_of_the_previous_release_still_build():
+    from inverseflow.models import build_model, from_preset
+
+    glow = from_preset("digits", model="glow", steps=1, coupling_width=16)
+    legacy = dict(glow.config, kernel_size=None, solve_on="density", order="quad")
+    rebuilt = build_model(legacy)
+    assert rebuilt.config == glow.config
+    assert set(rebuilt.state_dict()) == set(glow.state_dict())
+    with pytest.raises(ValueError, match="order='TL'"):
+        build_model(dict(legacy, order="TL"))

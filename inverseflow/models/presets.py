@@ -46,4 +46,13 @@ def build_model(config: dict):
     if kind not in MODELS:
         raise ValueError(f"unknown model {kind!r} in config; choose from {', '.join(MODELS)}")
     config["image_shape"] = tuple(config["image_shape"])
+    if kind == "glow":
+        # Glow checkpoints of 0.1.0 recorded InverseFlow's k×k defaults, unused by Glow;
+        # drop exactly those so the checkpoints still load (a real k×k option still fails).
+        for key, legacy in _GLOW_LEGACY_KXK.items():
+            if key in config and config[key] == legacy:
+                del config[key]
     return MODELS[kind](**config)
+
+
+_GLOW_LEGACY_KXK = {"kernel_size": None, "solve_on": "density", "order": "quad"}
