@@ -33,6 +33,8 @@ for name in $EXPERIMENTS; do
     || echo "== $name failed (exit $?)"
 done
 wall=$(( $(date +%s) - start ))
-$PY -m inverseflow.train.paper_tables "$OUT" --out "$TABLE" --wall-seconds "$wall" \
+# --remeasure times every trained model again, round-robin in one process and one thread,
+# so that the table's times are comparable across rows on a shared machine.
+$PY -m inverseflow.train.paper_tables "$OUT" --remeasure --out "$TABLE" --wall-seconds "$wall" \
   --command "scripts/paper_tables.sh $STEPS $DATASET${EXTRA:+ EXTRA=\"$EXTRA\"}${GLOW_EXTRA:+ GLOW_EXTRA=\"$GLOW_EXTRA\"}${CNN_EXTRA:+ CNN_EXTRA=\"$CNN_EXTRA\"}" \
   --note "${NOTE:-Short budget: every model is far from convergence (the paper trains for many epochs on a GPU); the ranking at this budget says little about converged bits/dim.}"
