@@ -4,6 +4,7 @@ different work), and the run writes JSON and a plot with fitted slopes."""
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -74,3 +75,13 @@ def test_cli_scaling_quick(tmp_path, capsys, monkeypatch):
     assert calls["sides"] == (8, 16, 32) and calls["device"] == "cpu"
     assert "slope" in capsys.readouterr().out
     assert (tmp_path / "scaling.png").exists()
+
+
+def test_without_matplotlib_the_json_is_written_and_the_plot_skipped(tmp_path, monkeypatch,
+                                                                     capsys):
+    result = scaling.run("cpu", sides=(4, 8), batch=1, channels=2, kernel=2, repeats=1,
+                         dense_max=0, fit_points=2, progress=lambda line: None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import now raises ImportError
+    paths = scaling.write(result, tmp_path)
+    assert [p.name for p in paths] == ["scaling.json"]
+    assert "inverseflow[bench]" in capsys.readouterr().err

@@ -25,6 +25,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -178,4 +179,11 @@ def write(result: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "scaling.json"
     json_path.write_text(json.dumps(result, indent=2))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        # The JSON holds every figure; a long run must not end in a traceback for the plot.
+        print("bench --scaling: matplotlib is missing, so no plot was drawn; "
+              "pip install 'inverseflow[bench]' to get scaling.png", file=sys.stderr)
+        return [json_path]
     return [json_path, plot(result, out / "scaling.png")]
