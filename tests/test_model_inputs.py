@@ -147,3 +147,17 @@ def test_glow_checkpoint_configs_of_the_previous_release_still_build():
     assert set(rebuilt.state_dict()) == set(glow.state_dict())
     with pytest.raises(ValueError, match="order='TL'"):
         build_model(dict(legacy, order="TL"))
+
+
+def test_log_prob_checks_its_input_once(monkeypatch):
+    # The range check is a reduction plus a host sync on the training path: one per call.
+    from inverseflow.models import base
+
+    calls = []
+    real = base.check_images
+    monkeypatch.setattr(base, "check_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = from_preset("digits", steps=1, coupling_width=8)
+    model.log_prob(torch.rand(3, 1, 8, 8))
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model.log_prob(torch.rand(3, 1, 8, 8) + 1)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
-import torch
 from torch import nn
 
 from ..nn import ActNorm, Dequantize, LogitTransform, Squeeze
-from .flow import LOG_2PI, bits_per_dim
-from .inputs import check_images, check_latents, check_temperature, positive_count
+from .base import ImageFlow, check_image_shape
+from .inputs import check_latents
 from .layers import ACTIVATIONS, SWITCHABLE, check_layer, conv_layer
 from .layers import activation as make_activation
 
@@ -21,7 +18,7 @@ NATURAL_SOLVE_ON = {"inverse": "density", "finc": "sampling", "emerging": "sampl
 ORDER_CYCLE = ("TL", "TR", "BL", "BR")
 
 
-class ConvFlow(nn.Module):
+class ConvFlow(ImageFlow):
     """The CNN flow of the Inverse-Flow paper's ``*_cnn_mnist`` experiments (Nagar &
     Varma, AISTATS 2025, after the CNN of Self-Normalizing Flows, Keller et al., ICML
     2021): dequantize → logit → ``blocks`` × [``steps`` × (k×k invertible conv →
@@ -48,9 +45,7 @@ class ConvFlow(nn.Module):
                  layer: str = "inverse", activation: str = "smooth-leaky-relu",
                  actnorm: bool = True, solve_on: str | None = None, logit_alpha: float = 0.05):
         super().__init__()
-        if (not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3
-                or not all(isinstance(v, int) and v > 0 for v in image_shape)):
-            raise ValueError(f"image_shape must be (C, H, W) of positive ints, got {image_shape!r}")
+        c, h, w = check_image_shape(image_shape)
         for name, value in (("blocks", blocks), ("steps", steps), ("kernel_size", kernel_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -63,7 +58,6 @@ class ConvFlow(nn.Module):
         if layer not in SWITCHABLE and solve_on != natural:
             raise ValueError(f"a {layer!r} layer has one placement ({natural}); got "
                              f"solve_on={solve_on!r}")
-        c, h, w = image_shape
         if h % 2 ** (blocks - 1) or w % 2 ** (blocks - 1):
             raise ValueError(f"image_shape {tuple(image_shape)}: height and width must be "
                              f"divisible by 2**(blocks - 1) = {2 ** (blocks - 1)}")
@@ -91,18 +85,6 @@ class ConvFlow(nn.Module):
                     self.layers.append(make_activation(activation, (c, h, w)))
         self.latent_shape = (c, h, w)
 
-    @property
-    def dim(self) -> int:
-        return math.prod(self.image_shape)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
     def set_solve_on(self, solve_on: str) -> None:
         """Switches every ``inverse``/``finc`` conv between the two placements."""
         if not self.switchable_placement:
@@ -113,18 +95,7 @@ class ConvFlow(nn.Module):
                 module.set_solve_on(solve_on)
         self.config["solve_on"] = solve_on
 
-    def forward(self, x_uint8, generator: torch.Generator | None = None):
-        """Per-image bits/dim of uint8 images (the training objective)."""
-        return self.bits_per_dim(x_uint8, generator)
-
-    @torch.no_grad()
-    def initialize(self, x_uint8, generator: torch.Generator | None = None) -> None:
-        """ActNorm's data-dependent initialisation from one batch of uint8 images (the
-        first eager forward does it too; call it before ``torch.compile``)."""
-        self.bits_per_dim(x_uint8, generator)
-
-    def encode(self, x):
-        check_images(x, self.image_shape, self.dtype, logit_alpha=self.logit.alpha)
+    def _encode(self, x):
         h, logdet = self.logit(x)
         for layer in self.layers:
             h, ld = layer(h)
@@ -137,23 +108,3 @@ class ConvFlow(nn.Module):
         for layer in reversed(self.layers):
             h = layer.inverse(h)
         return self.logit.inverse(h)
-
-    def log_prob(self, x):
-        check_images(x, self.image_shape, self.dtype)
-        z, logdet = self.encode(x)
-        return -0.5 * (z.pow(2).sum(1) + z.shape[1] * LOG_2PI) + logdet
-
-    def bits_per_dim(self, x_uint8, generator: torch.Generator | None = None):
-        """Per-image bits/dim of uint8 images under uniform dequantisation."""
-        x = self.dequantize(x_uint8.cpu() if generator is not None else x_uint8, generator)
-        return self.bits_per_dim_dequantized(x.to(self.device))
-
-    def bits_per_dim_dequantized(self, x):
-        return bits_per_dim(self.log_prob(x.to(self.dtype)), self.dim)
-
-    @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None):
-        n = positive_count(n, "n")
-        temperature = check_temperature(temperature)
-        z = torch.randn(n, self.dim, generator=generator, device=self.device) * temperature
-        return self.decode(z.to(self.dtype)).clamp(0, 1)

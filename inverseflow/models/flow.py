@@ -9,11 +9,9 @@ from torch import nn
 
 from ..nn import ActNorm, AffineCoupling, Dequantize, InvConv2d, InvertibleConv1x1
 from ..nn import LogitTransform, Split, Squeeze
-from .inputs import check_images, check_latents, check_temperature, positive_count
+from .base import ImageFlow, check_image_shape
+from .inputs import check_latents
 from .layers import SWITCHABLE, activation, check_layer, conv_layer
-
-LOG_2PI = math.log(2 * math.pi)
-
 
 STEP_LAYOUTS = ("glow", "paper")
 
@@ -50,7 +48,7 @@ class FlowStep(nn.Module):
         return z
 
 
-class InverseFlow(nn.Module):
+class InverseFlow(ImageFlow):
     """Inverse-Flow: a Glow-style multi-scale flow whose steps include a k×k invertible
     convolution applied by its *inverse* in the density pass (Nagar & Varma, "Parallel
     Backpropagation for Inverse of a Convolution with Application to Normalizing Flows",
@@ -72,7 +70,7 @@ class InverseFlow(nn.Module):
                  logit_alpha: float = 0.05, layer: str | None = "inverse",
                  step_layout: str = "glow"):
         super().__init__()
-        channels, height, width = _check_shape(image_shape)
+        channels, height, width = check_image_shape(image_shape)
         if layer is not None:
             check_layer(layer)
         if step_layout not in STEP_LAYOUTS:
@@ -120,10 +118,6 @@ class InverseFlow(nn.Module):
         self.top_mean = nn.Parameter(torch.zeros(1, c, h, w))
         self.top_log_std = nn.Parameter(torch.zeros(1, c, h, w))
 
-    @property
-    def dim(self) -> int:
-        return math.prod(self.image_shape)
-
     def set_solve_on(self, solve_on: str) -> None:
         """Switches every k×k layer between the two placements (same parameters)."""
         if self.config["layer"] is not None and not self.switchable_placement:
@@ -134,20 +128,7 @@ class InverseFlow(nn.Module):
                 module.set_solve_on(solve_on)
         self.config["solve_on"] = solve_on
 
-    def forward(self, x_uint8, generator: torch.Generator | None = None):
-        """Per-image bits/dim of uint8 images: the training objective (so that
-        DistributedDataParallel, which hooks ``forward``, sees it)."""
-        return self.bits_per_dim(x_uint8, generator)
-
-    @torch.no_grad()
-    def initialize(self, x_uint8, generator: torch.Generator | None = None) -> None:
-        """ActNorm's data-dependent initialisation from one batch of uint8 images. The
-        first eager forward does it too; call it before ``torch.compile(model,
-        fullgraph=True)``, whose graph has no data-dependent branch."""
-        self.bits_per_dim(x_uint8, generator)
-
-    def encode(self, x):
-        check_images(x, self.image_shape, self.top_mean.dtype, logit_alpha=self.logit.alpha)
+    def _encode(self, x):
         h, logdet = self.logit(x)
         latents = []
         for index, steps in enumerate(self.levels):
@@ -164,7 +145,7 @@ class InverseFlow(nn.Module):
         return torch.cat(latents, dim=1), logdet
 
     def decode(self, z):
-        check_latents(z, self.dim, self.top_mean.dtype)
+        check_latents(z, self.dim, self.dtype)
         sizes = [math.prod(s) for s in self.latent_shapes]
         pieces = [p.reshape(z.shape[0], *s) for p, s in zip(z.split(sizes, dim=1),
                                                             self.latent_shapes)]
@@ -176,29 +157,6 @@ class InverseFlow(nn.Module):
                 h = step.inverse(h)
             h = self.squeeze.inverse(h)
         return self.logit.inverse(h)
-
-    def log_prob(self, x):
-        check_images(x, self.image_shape, self.top_mean.dtype)
-        z, logdet = self.encode(x)
-        return -0.5 * (z.pow(2).sum(1) + z.shape[1] * LOG_2PI) + logdet
-
-    def bits_per_dim(self, x_uint8, generator: torch.Generator | None = None):
-        """Per-image bits/dim of uint8 images under uniform dequantisation."""
-        # A CPU generator draws on the CPU: the noise is then the same on every device.
-        x = self.dequantize(x_uint8.cpu() if generator is not None else x_uint8, generator)
-        return self.bits_per_dim_dequantized(x.to(self.top_mean.device))
-
-    def bits_per_dim_dequantized(self, x):
-        """Per-image bits/dim of images already dequantised into [0, 1]."""
-        return bits_per_dim(self.log_prob(x.to(self.top_mean.dtype)), self.dim)
-
-    @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None):
-        n = positive_count(n, "n")
-        temperature = check_temperature(temperature)
-        device = self.top_mean.device
-        z = torch.randn(n, self.dim, generator=generator, device=device) * temperature
-        return self.decode(z.to(self.top_mean.dtype)).clamp(0, 1)
 
 
 class Glow(InverseFlow):
@@ -219,15 +177,3 @@ class Glow(InverseFlow):
         super().__init__(image_shape, levels, steps, kernel_size=None,
                          coupling_width=coupling_width, logit_alpha=logit_alpha, **options)
         self.config.update(model="glow", solve_on=None, order=None)
-
-
-def bits_per_dim(log_prob, dim: int):
-    """bits/dim of 8-bit data from the log-density of its dequantised version in [0,1]^D."""
-    return (-log_prob + dim * math.log(256)) / (dim * math.log(2))
-
-
-def _check_shape(image_shape):
-    if (not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3
-            or not all(isinstance(v, int) and v > 0 for v in image_shape)):
-        raise ValueError(f"image_shape must be (C, H, W) of positive ints, got {image_shape!r}")
-    return tuple(image_shape)
