@@ -97,15 +97,11 @@ def _bench_scaling(args) -> int:
 
 
 def _train(args) -> int:
-    from .train import TrainConfig, TrainingDiverged, train
+    from .train import TrainConfig, train
 
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
     fields["progress"] = not args.quiet
-    try:
-        metrics = train(TrainConfig(**fields))
-    except TrainingDiverged as exc:
-        print(f"inverseflow train: stopped: {exc}", file=sys.stderr)
-        return 3
+    metrics = train(TrainConfig(**fields))
     if metrics:
         print(f"test bits/dim: {metrics['initial_test_bpd']:.4f} before, "
               f"{metrics['test_bpd']:.4f} after {metrics['steps']} steps "
@@ -120,7 +116,6 @@ def _train(args) -> int:
 
 
 def _experiment(args) -> int:
-    from .train import TrainingDiverged
     from .train import experiments
 
     if args.list:
@@ -135,11 +130,7 @@ def _experiment(args) -> int:
                                             "resume")}
     config = experiments.train_config(args.name, args.dataset, args.out, args.steps,
                                       args.time_budget, sizes, progress=not args.quiet, **fields)
-    try:
-        metrics = experiments.run(args.name, config)
-    except TrainingDiverged as exc:
-        print(f"inverseflow experiment: stopped: {exc}", file=sys.stderr)
-        return 3
+    metrics = experiments.run(args.name, config)
     if metrics:
         print(f"{args.name}: test bits/dim {metrics['initial_test_bpd']:.4f} before, "
               f"{metrics['test_bpd']:.4f} after {metrics['steps']} steps; "
@@ -202,6 +193,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .train.resume_flags import allowed_changes
     parser = argparse.ArgumentParser(prog="inverseflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="list the built backends and specializations")
@@ -244,14 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     train.add_argument("--checkpoint-every", type=_positive, default=200)
     train.add_argument("--eval-limit", type=_positive, help="evaluate on the first N test images")
+    train.add_argument("--eval-batch-size", type=_positive, default=500,
+                       help="images per evaluation batch")
     train.add_argument("--time-budget", type=float, help="stop training after this many seconds")
     train.add_argument("--num-samples", type=_positive, default=64)
     train.add_argument("--temperature", type=_positive_float, default=0.7)
     train.add_argument("--resume", action="store_true",
                        help="continue OUT/checkpoint.pt; the other flags must match the run's, "
-                            "except --steps/--epochs, --time-budget, --checkpoint-every, --quiet, "
-                            "--tensorboard, --out, --data-dir, --device, --eval-limit, "
-                            "--num-samples and --temperature")
+                            f"except {allowed_changes()}")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--tensorboard", action="store_true",
                        help="also write TensorBoard event files (losses, test bits/dim, samples) "
@@ -336,5 +328,10 @@ def main(argv=None) -> int:
         print(f"inverseflow {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
+        from .train.loop import TrainingDiverged   # only now: `info` needs no training code
+
+        if isinstance(exc, TrainingDiverged):
+            print(f"inverseflow {args.command}: stopped: {exc}", file=sys.stderr)
+            return 3
         print(f"inverseflow {args.command}: error: {exc}", file=sys.stderr)
         return 2

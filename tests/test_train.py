@@ -170,3 +170,19 @@ def test_png_grid_round_trips(tmp_path, channels, rng):
         assert torch.equal(tile, expected[i]), i
     assert int(pixels[:, 0].max()) == 0 and int(pixels[:, 7:, 11:].max()) == 0  # border, empty slot
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cli_reports_divergence_with_exit_code_3(tmp_path, monkeypatch, capsys):
+    real_forward = InverseFlow.forward
+
+    def poisoned(self, x, generator=None):
+        return real_forward(self, x, generator) * float("nan")
+
+    monkeypatch.setattr(InverseFlow, "forward", poisoned)
+    for command in (["train", *SMALL], ["experiment", "if-glow", "--dataset", "digits",
+                                        "--flow-steps", "1", "--coupling-width", "8",
+                                        "--batch-size", "32", "--eval-limit", "32", "--quiet"]):
+        out = tmp_path / command[0]
+        assert cli_main([*command, "--out", str(out), "--steps", "3"]) == 3
+        err = capsys.readouterr().err
+        assert f"inverseflow {command[0]}: stopped: non-finite loss at step 1" in err, err

@@ -56,10 +56,14 @@ class InterruptRequest:
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
-    def __exit__(self, *exc):
+    def restore(self) -> None:
+        """Gives Ctrl-C its previous handler back (idempotent)."""
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+    def __exit__(self, *exc):
+        self.restore()
         return False
 
 

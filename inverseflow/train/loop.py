@@ -297,7 +297,7 @@ def _train(config: TrainConfig, device, ctx, interrupt=None) -> dict:
     progress.close()
     growth.close()
     if interrupt is not None:
-        interrupt.__exit__()   # Ctrl-C during the final evaluation interrupts it at once
+        interrupt.restore()   # Ctrl-C during the final evaluation interrupts it at once
     distributed.barrier(ctx)
     if not ctx.is_main:
         return {}

@@ -22,6 +22,11 @@ MAY_CHANGE_ON_RESUME = {
 _FLAG_NAMES = {"model_options": "the experiment's model options"}
 
 
+def allowed_changes() -> str:
+    """The flags that may change on --resume, for messages and --help."""
+    return ", ".join(sorted(set(MAY_CHANGE_ON_RESUME.values()) - {"--resume"}))
+
+
 def flag_name(field: str) -> str:
     return MAY_CHANGE_ON_RESUME.get(field) or _FLAG_NAMES.get(field) or (
         "--" + field.replace("_", "-"))
@@ -46,11 +51,10 @@ def check_resume_flags(saved: dict, current: dict, checkpoint_path) -> None:
         return
     lines = "\n".join(f"  {flag}: {old!r} in the checkpoint, {new!r} now"
                       for flag, old, new in diffs)
-    allowed = ", ".join(sorted(set(MAY_CHANGE_ON_RESUME.values()) - {"--resume"}))
     raise ValueError(
         f"cannot resume {checkpoint_path}: these flags differ from the run it continues, and "
         f"an exact replay needs them unchanged:\n{lines}\n"
-        f"rerun with the checkpoint's values (only {allowed} may change on --resume)")
+        f"rerun with the checkpoint's values (only {allowed_changes()} may change on --resume)")
 
 
 def _normalise(value):
