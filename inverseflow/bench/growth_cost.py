@@ -8,15 +8,14 @@ plus the monitor's per-step read-out, with ``torch.utils.benchmark``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 
 import torch
 from torch.utils import benchmark
 
 from ..models import from_preset
 from ..nn import InvConv2d
+from .environment import environment
 
 # (preset, batch, overrides): the quick-start model and the paper's MNIST model.
 CASES = [("digits", 64, {}), ("mnist", 16, {})]
@@ -85,9 +84,7 @@ def run(repeats: int = 10) -> dict:
                      "overhead_percent": 100 * (on - off) / off,
                      "statistic_alone_ms": statistic_ms,
                      "statistic_alone_percent": 100 * statistic_ms / off})
-    return {"date": datetime.date.today().isoformat(), "machine": platform.processor() or
-            platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "repeats": repeats, "rows": rows}
+    return {"environment": environment("cpu"), "repeats": repeats, "rows": rows}
 
 
 def main(argv=None) -> int:

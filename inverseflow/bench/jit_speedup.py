@@ -10,10 +10,8 @@ For layer shapes outside ``codegen/specs.toml`` it measures, in one process:
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -24,6 +22,7 @@ from torch.utils import benchmark
 
 from .. import jit
 from ..ops import _dispatch
+from .environment import environment
 
 # (channels, order) at batch 64, 16x16, k=3: shapes no build specializes by default.
 SHAPES = [(16, "TL"), (20, "quad")]
@@ -62,9 +61,7 @@ def run(device: str = "cpu", quick: bool = False) -> dict:
         raise ValueError(f"device: the JIT speed-up bench times CPU kernels, got {device!r} "
                          "(CUDA modules are compiled and their compile time reported)")
     rounds, number = (5, 5) if quick else (15, 10)
-    result = {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
-              "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "torch": torch.__version__, "batch": BATCH, "size": SIZE, "kernel": KERNEL,
+    result = {"environment": environment(device), "batch": BATCH, "size": SIZE, "kernel": KERNEL,
               "target_speedup": TARGET_SPEEDUP, "shapes": []}
     saved = os.environ.get(jit.CACHE_ENV)
     with tempfile.TemporaryDirectory(prefix="inverseflow-bench-jit-") as cache:
@@ -111,8 +108,8 @@ def _shape(channels: int, order: str, rounds: int, number: int) -> dict:
 
 def format_report(result: dict) -> str:
     lines = [f"run-time specialization, B={result['batch']}, {result['size']}x{result['size']}, "
-             f"k={result['kernel']}, float32, {result['torch_threads']} thread(s) "
-             f"({result['date']})", "",
+             f"k={result['kernel']}, float32, {result['environment']['threads']} thread(s) "
+             f"({result['environment']['date'][:10]})", "",
              "| shape | compile (s) | kernel | generic solve (ms) | JIT solve (ms) | speed-up "
              "| generic transposed (ms) | JIT transposed (ms) | speed-up |",
              "|---|---|---|---|---|---|---|---|---|"]

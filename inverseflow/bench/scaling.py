@@ -20,10 +20,8 @@ method's slope is the least-squares fit of log(time) against log(n) over its lar
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 from ..models.timing import timings_ms
 from ..ops import _geometry, inv_conv2d
 from . import baselines
+from .environment import environment
 
 ORDERS = ("TL", "TR", "BL", "BR")
 SIDES = (8, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -144,9 +143,7 @@ def run(device: str = "cpu", sides=SIDES, batch: int = 4, channels: int = 2, ker
                 skipped[name] = f"one step took {ms / 1e3:.1f} s > max_step_s = {max_step_s} s"
     slopes = {name: fit_slope([(r["n"], r["median_ms"]) for r in rows], fit_points)
               for name, rows in results.items()}
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": device, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "batch": batch, "channels": channels, "kernel": kernel,
+    return {"environment": environment(device), "device": device, "batch": batch, "channels": channels, "kernel": kernel,
             "orders": list(ORDERS), "dtype": "float32", "results": results,
             "slopes_vs_n": slopes, "fit_points": fit_points, "stopped": skipped}
 

@@ -7,9 +7,7 @@ Every ratio is measured side by side in one process: the specialized inverse aga
 
 from __future__ import annotations
 
-import datetime
 import json
-import platform
 import statistics
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from ..models import from_preset
 from ..models.timing import placement_timings, timings_ms
 from ..ops import _dispatch, _geometry, inv_conv2d
 from . import baselines
+from .environment import environment
 from .memory import LargestAllocation
 
 OP_SHAPES = [(4, 14, 14), (12, 16, 16), (48, 4, 4), (12, 32, 32), (12, 64, 64)]
@@ -136,23 +135,6 @@ def model_case(preset: str, batch: int, device: str, repeats: int) -> dict:
     }
     return {"preset": preset, "batch": batch, "device": device, "times_ms": timings,
             "ratios": ratios}
-
-
-def environment(device: str) -> dict:
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "torch": torch.__version__, "python": platform.python_version(),
-           "machine": platform.machine(), "processor": platform.processor(),
-           "threads": torch.get_num_threads(), "device": device}
-    if device == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
-        env["cuda"] = torch.version.cuda
-    try:
-        import subprocess
-        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True, cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        env["commit"] = None
-    return env
 
 
 def run(device: str = "cpu", quick: bool = False, log=print) -> dict:
