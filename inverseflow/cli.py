@@ -192,8 +192,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_run_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """The options a training run shares between `train` and `experiment`."""
     from .train.resume_flags import allowed_changes
+
+    parser.add_argument("--batch-size", type=_positive, default=batch_size, help="per process")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--checkpoint-every", type=_positive, default=200)
+    parser.add_argument("--eval-limit", type=_positive, help="evaluate on the first N test images")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue OUT/checkpoint.pt; the other flags must match the run's, "
+                             f"except {allowed_changes()}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inverseflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="list the built backends and specializations")
@@ -228,23 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--levels", type=_positive, help="override the preset's L")
     train.add_argument("--flow-steps", type=_positive, help="override the preset's K")
     train.add_argument("--coupling-width", type=_positive, help="override the preset's width")
-    train.add_argument("--batch-size", type=_positive, default=64, help="per process")
-    train.add_argument("--lr", type=float, default=1e-3)
+    _add_run_options(train, batch_size=64)
     train.add_argument("--lr-final", type=float, default=1e-4)
-    train.add_argument("--warmup", type=int, default=100)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    train.add_argument("--checkpoint-every", type=_positive, default=200)
-    train.add_argument("--eval-limit", type=_positive, help="evaluate on the first N test images")
     train.add_argument("--eval-batch-size", type=_positive, default=500,
                        help="images per evaluation batch")
     train.add_argument("--time-budget", type=float, help="stop training after this many seconds")
     train.add_argument("--num-samples", type=_positive, default=64)
     train.add_argument("--temperature", type=_positive_float, default=0.7)
-    train.add_argument("--resume", action="store_true",
-                       help="continue OUT/checkpoint.pt; the other flags must match the run's, "
-                            f"except {allowed_changes()}")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--tensorboard", action="store_true",
                        help="also write TensorBoard event files (losses, test bits/dim, samples) "
                             "to OUT/tensorboard; needs the tensorboard package")
@@ -264,15 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--coupling-width", type=_positive, help="Glow backbone: override the width")
     experiment.add_argument("--activation", choices=["smooth-leaky-relu", "spline"],
                             help="CNN backbone: the activation")
-    experiment.add_argument("--batch-size", type=_positive, default=100, help="per process")
-    experiment.add_argument("--lr", type=float, default=1e-3)
-    experiment.add_argument("--warmup", type=int, default=100)
-    experiment.add_argument("--seed", type=int, default=0)
-    experiment.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    experiment.add_argument("--checkpoint-every", type=_positive, default=200)
-    experiment.add_argument("--eval-limit", type=_positive, help="evaluate on the first N test images")
-    experiment.add_argument("--resume", action="store_true", help="continue DIR/checkpoint.pt")
-    experiment.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_options(experiment, batch_size=100)
     experiment.set_defaults(run=_experiment)
 
     evaluate = sub.add_parser("eval", help="test bits/dim of a checkpoint")
