@@ -116,6 +116,30 @@ def test_conv_exp_series_that_does_not_converge_raises(rng):
         layer(_inputs(2, rng))
 
 
+@pytest.mark.parametrize("largest_tap", [20.0, 40.0])
+def test_conv_exp_float32_overflow_raises_or_matches_float64(rng, largest_tap):
+    # A large kernel without the norm limit: float32's terms (or their norms) overflow
+    # where the float64 series still converges. The float32 layer must give the float64
+    # answer or raise; it used to take the NaN ratio for convergence and return a partial
+    # sum off by orders of magnitude.
+    layer = ConvExp2d(2, kernel_size=3, max_norm=None, max_terms=400)
+    with torch.no_grad():
+        layer.weight.normal_(0, 1.0, generator=rng)
+        layer.weight.mul_(largest_tap / layer.weight.abs().max())
+    x = torch.randn(2, 2, 6, 6, generator=rng)
+    reference = ConvExp2d(2, kernel_size=3, max_norm=None, max_terms=400).double()
+    reference.load_state_dict(layer.state_dict())
+    expected = reference(x.double())[0]
+    assert torch.isfinite(expected).all()
+    try:
+        got = layer(x)[0]
+    except ConvergenceError as exc:
+        assert "overflow" in str(exc)
+        return
+    error = torch.linalg.vector_norm(got.double() - expected) / torch.linalg.vector_norm(expected)
+    assert error < 1e-2
+
+
 def test_conv_exp_nan_propagates(rng):
     layer = ConvExp2d(2, kernel_size=3).double()
     x = _inputs(1, rng)[:, :2]

@@ -26,7 +26,8 @@ class ConvExp2d(nn.Module):
       zero-padded shift, of norm ≤ 1, times a C×C matrix). The paper normalises with a
       power-iteration spectral norm; this bound is exact and costs no iteration.
     - A series that has not converged after ``max_terms`` terms raises
-      :class:`ConvergenceError` rather than returning a truncated result. Non-finite
+      :class:`ConvergenceError` rather than returning a truncated result, and so does a
+      series that overflows the dtype (a non-finite term from a finite input). Non-finite
       inputs propagate (the training loop detects a non-finite loss).
 
     Even kernel sizes pad like ``padding='same'`` (one more on the bottom/right).
@@ -64,13 +65,27 @@ class ConvExp2d(nn.Module):
         if x.dim() != 4 or x.shape[1] != m.shape[0]:
             raise ValueError(f"x must have shape (B, {m.shape[0]}, H, W), got {tuple(x.shape)}")
         tolerance = self.tolerance or torch.finfo(x.dtype).eps
+        # Samples whose input is already non-finite propagate it (the training loop sees the
+        # loss); in every other sample a non-finite term is an overflow of the series, whose
+        # partial sum would be a wrong finite number, so it raises.
+        finite_input = torch.isfinite(x.detach()).flatten(1).all(1)
         result, term = x, x
         for k in range(1, self.max_terms + 1):
             term = F.conv2d(F.pad(term, self.padding), m) * (sign / k)
             result = result + term
-            ratio = float((term.detach().flatten(1).norm(dim=1)
-                           / result.detach().flatten(1).norm(dim=1).clamp_min(1e-30)).max())
-            if not math.isfinite(ratio) or ratio <= tolerance:
+            t, r = term.detach().flatten(1), result.detach().flatten(1)
+            overflow = finite_input & ~(torch.isfinite(t).all(1) & torch.isfinite(r).all(1))
+            # float64 norms: a float32 norm can overflow while every element is finite.
+            ratio = (torch.linalg.vector_norm(t, dim=1, dtype=torch.float64)
+                     / torch.linalg.vector_norm(r, dim=1, dtype=torch.float64).clamp_min(1e-300))
+            worst = torch.where(finite_input, ratio, 0.0).amax() if ratio.numel() else ratio.sum()
+            overflowed, ratio = torch.stack([overflow.any().double(), worst]).tolist()
+            if overflowed:
+                raise ConvergenceError(
+                    f"ConvExp2d: the exp(M) power series overflowed {x.dtype} at term {k} "
+                    f"(a non-finite term from a finite input); the kernel norm is too large: "
+                    f"keep max_norm set (got {self.max_norm}) or use float64")
+            if ratio <= tolerance:
                 return result
         raise ConvergenceError(
             f"ConvExp2d: the exp(M) power series did not converge in max_terms={self.max_terms} "
