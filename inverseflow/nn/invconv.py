@@ -11,6 +11,17 @@ from ..ops._validate import ORDERS, check_order
 
 PLACEMENTS = ("density", "sampling")
 
+# max|x| / max|y| of a solve above this is reported: a stable filter with the usual small
+# off-centre taps stays within a few times 1; 1e4 means the IIR recursion is amplifying.
+GROWTH_WARNING_THRESHOLD = 1e4
+
+
+def inverse_growth(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The growth statistic of a solve ``x = inv_conv2d(y, ...)``: ``max|x| / max|y|`` (a
+    0-d tensor, no host sync; inf or NaN when the solve overflowed)."""
+    with torch.no_grad():
+        return x.abs().amax() / y.abs().amax().clamp_min(torch.finfo(y.dtype).tiny)
+
 
 class InvConv2d(nn.Module):
     """Invertible k×k convolution with a unit-lower-triangular center (log-det 0).
@@ -69,30 +80,37 @@ class InvConv2d(nn.Module):
     def _solve(self, y):
         x = inv_conv2d(y, self.weight, self.order)
         if self.record_growth and x.numel():
-            with torch.no_grad():
-                growth = x.abs().amax() / y.abs().amax().clamp_min(torch.finfo(y.dtype).tiny)
-                self.last_growth = growth if self.last_growth is None else torch.maximum(
-                    self.last_growth, growth)
+            growth = inverse_growth(x, y)
+            self.last_growth = growth if self.last_growth is None else torch.maximum(
+                self.last_growth, growth)
         return x
 
-    @torch.no_grad()
     def stability_bound(self) -> float:
         """ρ = Σ_t ‖L⁻¹ W_t‖_∞ over the off-center taps (per channel group, the largest);
         ρ < 1 is sufficient for a bounded inverse (see the class docstring)."""
-        w = masked_weight(self.weight.detach().double(), self.order)
-        kh, kw = w.shape[2], w.shape[3]
-        bounds = []
-        for corner, part in groups(self.order, w.shape[0]):
-            ci, cj = center(corner, kh, kw)
-            taps = w[part]
-            l_inv = torch.linalg.inv(taps[:, :, ci, cj])
-            folded = torch.einsum("ab,bcij->acij", l_inv, taps)
-            folded[:, :, ci, cj] = 0
-            bounds.append(folded.abs().sum(dim=1).amax(dim=0).sum())   # Σ_t ‖·‖_∞
-        return float(max(bounds))
+        return stability_bound(self.weight, self.order)
 
     def extra_repr(self) -> str:
         return f"order={self.order!r}, solve_on={self.solve_on!r}, weight={tuple(self.weight.shape)}"
 
 
-__all__ = ["InvConv2d", "PLACEMENTS", "ORDERS"]
+@torch.no_grad()
+def stability_bound(weight: torch.Tensor, order: str) -> float:
+    """ρ = Σ_t ‖L⁻¹ W_t‖_∞ of ``inv_conv2d(·, weight, order)`` over the off-center taps
+    (per channel group, the largest); ρ < 1 guarantees ``max|x| ≤ ‖L⁻¹‖_∞ max|y| / (1 − ρ)``
+    at any image size. Shared by :class:`InvConv2d` and :mod:`inverseflow.deblur`."""
+    w = masked_weight(weight.detach().double(), order)
+    kh, kw = w.shape[2], w.shape[3]
+    bounds = []
+    for corner, part in groups(order, w.shape[0]):
+        ci, cj = center(corner, kh, kw)
+        taps = w[part]
+        l_inv = torch.linalg.inv(taps[:, :, ci, cj])
+        folded = torch.einsum("ab,bcij->acij", l_inv, taps)
+        folded[:, :, ci, cj] = 0
+        bounds.append(folded.abs().sum(dim=1).amax(dim=0).sum())   # Σ_t ‖·‖_∞
+    return float(max(bounds))
+
+
+__all__ = ["InvConv2d", "PLACEMENTS", "ORDERS", "stability_bound", "inverse_growth",
+           "GROWTH_WARNING_THRESHOLD"]

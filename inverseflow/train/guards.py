@@ -9,11 +9,7 @@ import warnings
 
 import torch
 
-from ..nn.invconv import InvConv2d
-
-# max|x| / max|y| of a solve above this is reported: a stable filter with the usual small
-# off-centre taps stays within a few times 1; 1e4 means the IIR recursion is amplifying.
-GROWTH_WARNING_THRESHOLD = 1e4
+from ..nn.invconv import GROWTH_WARNING_THRESHOLD, InvConv2d
 
 
 class InverseGrowthWarning(RuntimeWarning):
