@@ -154,6 +154,28 @@ def test_smooth_leaky_relu_inverse_of_extreme_values(rng):
     assert torch.allclose(back, x, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_smooth_leaky_relu_inverse_at_the_ends_of_the_dtype(rng, dtype):
+    # Alone or in a batch, the same answer: the preimage, or -inf where it is beyond the
+    # dtype's range. It used to be NaN alone and a RuntimeError in a batch.
+    alpha = 0.3
+    layer = SmoothLeakyReLU(alpha).to(dtype)
+    info = torch.finfo(dtype)
+    extremes = torch.tensor([info.min, info.min / 2, alpha * info.min / 2, -1e30, info.max,
+                             info.max / 3], dtype=torch.float64)
+    # Far from 0 the function is y = αx (x < 0) or y = x (x > 0) to within softplus(-|x|),
+    # far below the dtype's resolution; float64 division, rounded to dtype, is the oracle.
+    y = extremes.to(dtype)
+    expected = torch.where(extremes < 0, y.double() / alpha, y.double()).to(dtype)
+    ordinary = 3 * torch.randn(5, generator=rng, dtype=torch.float64).to(dtype)
+    batch = layer.inverse(torch.cat([ordinary, y])[None])[0]
+    for i, value in enumerate(y):
+        alone = layer.inverse(value.reshape(1, 1))[0, 0]
+        torch.testing.assert_close(alone, expected[i])
+        torch.testing.assert_close(batch[len(ordinary) + i], alone)
+    torch.testing.assert_close(layer(batch[:len(ordinary)][None])[0][0], ordinary)
+
+
 def test_spline_starts_as_identity(rng):
     layer = SplineActivation(SHAPE).double()
     x = _inputs(2, rng)

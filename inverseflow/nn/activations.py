@@ -17,7 +17,9 @@ class SmoothLeakyReLU(nn.Module):
     no closed form: Newton's method, started at ``x = y`` (to the right of the root, on
     a convex increasing function, so the iterates fall monotonically onto it), runs
     until the update is below float tolerance; a last Newton step carries the gradient
-    ``dx/dy = 1 / f'(x)``. NaN has no preimage and raises.
+    ``dx/dy = 1 / f'(x)``. NaN has no preimage and raises; ±inf map to themselves; a y
+    below α·finfo(dtype).min, whose preimage (≈ y/α) is beyond the dtype's range, gives
+    -inf (the correctly rounded preimage), alone or in a batch.
     """
 
     def __init__(self, alpha: float = 0.3, max_iterations: int = 100):
@@ -28,6 +30,12 @@ class SmoothLeakyReLU(nn.Module):
 
     def _value(self, x):
         return self.alpha * x + (1 - self.alpha) * F.softplus(x)
+
+    def _value_of_finite(self, x):
+        # The same function for finite x, written so that it cannot overflow where the
+        # value is finite (α·max + (1 − α)·max rounds to inf; |x − softplus(x)| ≤ |x| does
+        # not), for Newton's method near the ends of the dtype's range.
+        return x - (1 - self.alpha) * (x - F.softplus(x))
 
     def _slope(self, x):
         return self.alpha + (1 - self.alpha) * torch.sigmoid(x)
@@ -41,19 +49,27 @@ class SmoothLeakyReLU(nn.Module):
             raise ValueError("SmoothLeakyReLU.inverse: y contains NaN, which no input maps "
                              "to (the layer maps the reals onto the reals)")
         eps = torch.finfo(y.dtype).eps
+        finite = torch.isfinite(y)
         with torch.no_grad():
             x = y.clone()
-            finite = torch.isfinite(y)
+            # Iterates fall monotonically onto the root, so one that leaves the dtype's range
+            # (below α·finfo.min the preimage y/α overflows) has a root beyond it too: it
+            # stays at -inf, the correctly rounded answer, whatever else is in the batch.
+            active = finite.clone()
             for _ in range(self.max_iterations):
-                step = torch.where(finite, (self._value(x) - y) / self._slope(x), 0)
+                step = torch.where(active, (self._value_of_finite(x) - y) / self._slope(x), 0)
                 x = x - step
-                if bool((step.abs() <= 4 * eps * (1 + x.abs())).all()):
+                active &= torch.isfinite(x)
+                if bool(((step.abs() <= 4 * eps * (1 + x.abs())) | ~active).all()):
                     break
             else:
                 raise RuntimeError(f"SmoothLeakyReLU.inverse: Newton's method did not converge "
                                    f"in {self.max_iterations} iterations")
         x = x.detach()
-        return torch.where(finite, x - (self._value(x) - y) / self._slope(x), y)
+        solved = finite & torch.isfinite(x)
+        x_solved = torch.where(solved, x, 0)
+        refined = x_solved - (self._value_of_finite(x_solved) - y) / self._slope(x_solved)
+        return torch.where(solved, refined, torch.where(finite, x, y))
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
