@@ -1,0 +1,327 @@
+"""Exporting a trained sampler (DESIGN §13): noise → image in [0, 1] as a ``torch.export``
+program (``.pt2``) or an ONNX model, runnable without this package.
+
+With ``solve_on="density"`` (the Inverse-Flow placement, Nagar & Varma, AISTATS 2025) the
+sampling pass has no triangular solve: the k×k layer is a corner-padded ``conv2d``. So the
+exported program is plain ATen (or ONNX) operators, and ``torch.export.load`` or
+onnxruntime runs it with no custom op. With ``solve_on="sampling"`` (FInC/Emerging) the
+sampler calls ``torch.ops.inverseflow.inv_conv2d``: a ``.pt2`` then loads only where
+``import inverseflow`` works, and ONNX, which has no such operator, is refused.
+
+The exported function is deterministic: it takes one standard-normal tensor per latent
+(:func:`noise_shapes`; the caller draws the noise) and applies the temperature, the
+learned priors (split and top-level mean and scale) and every inverse layer inside.
+Layers whose eager inverse loops until convergence get a fixed count proven enough:
+see :class:`SmoothLeakyReLUInverse`. A layer this module does not know is refused by
+name, and every export is checked against the model's own ``decode`` before it is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import ConvFlow, ImageFlow, InverseFlow
+from .models.flow import FlowStep
+from .models.inputs import check_temperature, positive_count
+from .nn import (ActNorm, AffineCoupling, ConvExp2d, Dequantize, EmergingConv2d, InvConv2d,
+                 InvertibleConv1x1, LogitTransform, SmoothLeakyReLU, SplineActivation, Split,
+                 Squeeze)
+from .ops._geometry import causal_conv, masked_weight
+
+FORMATS = ("pt2", "onnx")
+# The largest |exported − decode| / max |decode| accepted (float32 rounding, with room).
+TOLERANCE = 1e-5
+
+# Layers whose ``inverse`` is already a fixed sequence of plain tensor operations (and
+# Dequantize, which the sampling pass does not call).
+_PLAIN = (Dequantize, ActNorm, AffineCoupling, LogitTransform, Split, Squeeze, SplineActivation,
+          FlowStep, nn.ModuleList, nn.Sequential, nn.Conv2d, nn.ReLU)
+
+
+class ExportError(ValueError):
+    """A model, or a layer of it, that cannot be exported in the format asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    format: str
+    input_names: tuple[str, ...]
+    noise_shapes: tuple[tuple[int, int, int], ...]   # per image: (C, H, W) of each input
+    batch: int | None                                # None: any batch (--dynamic-batch)
+    temperature: float
+    needs_inverseflow: bool     # the program calls torch.ops.inverseflow (solve on sampling)
+    max_rel_error: float        # against the model's decode, on fresh noise
+
+
+def noise_shapes(model: ImageFlow) -> list[tuple[int, int, int]]:
+    """(C, H, W) of each input of the exported sampler, in order. InverseFlow and Glow:
+    the factored-out half of every level but the last, then the top latent (the order of
+    ``model.encode``'s flat ``z``). ConvFlow: one tensor, the last block's output."""
+    if isinstance(model, InverseFlow):
+        return [tuple(s) for s in model.latent_shapes]
+    if isinstance(model, ConvFlow):
+        return [tuple(model.latent_shape)]
+    raise ExportError(f"model must be an InverseFlow, Glow or ConvFlow, got {type(model).__name__}")
+
+
+class Conv1x1Inverse(nn.Module):
+    """Glow's 1×1 conv, inverted once at export: its inverse weight is a buffer."""
+
+    def __init__(self, layer: InvertibleConv1x1):
+        super().__init__()
+        with torch.no_grad():    # the computation of the layer's own inverse
+            self.register_buffer("weight", torch.linalg.inv(layer.matrix())[:, :, None, None])
+
+    def inverse(self, z):
+        return F.conv2d(z, self.weight)
+
+
+class CausalConvInverse(nn.Module):
+    """An Inverse-Flow k×k layer's sampling direction, ``causal_conv2d``, with the mask
+    applied once: corner padding and ``conv2d`` only (no ``inverseflow`` op in the graph)."""
+
+    def __init__(self, layer: InvConv2d):
+        super().__init__()
+        self.order = layer.order
+        with torch.no_grad():
+            self.register_buffer("weight", masked_weight(layer.weight, layer.order).clone())
+
+    def inverse(self, z):
+        return causal_conv(z, self.weight, self.order)
+
+
+def smooth_leaky_relu_newton_steps(alpha: float, dtype: torch.dtype) -> int:
+    """Newton steps that bring :class:`SmoothLeakyReLUInverse` within half of ``dtype``'s
+    epsilon (absolute, in exact arithmetic) of the root from every y. Proof:
+
+    f(x) = αx + (1−α) softplus(x) is increasing and convex, with α < f' < 1 and
+    f'' ≤ M = (1−α)/4. Started right of the root x* (f(x₀) ≥ y), Newton's iterates stay
+    right of it, and by the mean value theorem the error e = x − x* obeys
+    e' = e (1 − f'(ξ)/f'(x)) ≤ min((1−α) e, (M/α) e²). The start x₀ = min(y, y/α) is right
+    of x* with e₀ ≤ (1−α) log 2 / α for y < 0 (then x* < 0, softplus(x*) < log 2) and
+    e₀ ≤ (1−α) softplus((1−α) log 2 / α) for y ≥ 0 (then x* ≥ f⁻¹(0) ≥ −(1−α) log 2 / α).
+    Iterating the bound from the larger start gives the count (α = 0.3: 7 for float32,
+    8 for float64); rounding adds only the last step's own error, which the tests measure.
+    """
+    shift = (1 - alpha) * math.log(2) / alpha
+    error = max(shift, (1 - alpha) * math.log1p(math.exp(shift)))
+    quadratic, target, steps = (1 - alpha) / 4 / alpha, torch.finfo(dtype).eps / 2, 0
+    while error > target:
+        error, steps = min((1 - alpha) * error, quadratic * error * error), steps + 1
+    return steps
+
+
+class SmoothLeakyReLUInverse(nn.Module):
+    """The smooth leaky ReLU's inverse as a fixed number of Newton steps, without the
+    eager inverse's data-dependent stopping test (which no exported graph can hold):
+    :func:`smooth_leaky_relu_newton_steps` gives the count and its proof. ±inf map to
+    themselves, and a y whose preimage y/α overflows to −inf stays there, as in the eager
+    layer; the eager layer's error on NaN cannot be raised by a graph (NaN stays NaN)."""
+
+    def __init__(self, layer: SmoothLeakyReLU, dtype: torch.dtype):
+        super().__init__()
+        self.alpha = layer.alpha
+        self.steps = smooth_leaky_relu_newton_steps(layer.alpha, dtype)
+
+    def inverse(self, y):
+        x = torch.minimum(y, y / self.alpha)
+        active = torch.isfinite(x)
+        safe = torch.where(active, x, 0)
+        for _ in range(self.steps):
+            # f(x) − y with f written so that it does not overflow where f(x) is finite.
+            value = safe - (1 - self.alpha) * (safe - F.softplus(safe))
+            slope = self.alpha + (1 - self.alpha) * torch.sigmoid(safe)
+            safe = safe - (value - y) / slope
+        return torch.where(active, safe, x)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, steps={self.steps}"
+
+
+def _sampling_solve_reason(name: str, layer: nn.Module) -> str:
+    kind = type(layer).__name__
+    return (f"layer {name} ({kind}, solve on sampling: the FInC/Emerging placement) "
+            "solves a triangular system in the sampling pass with the custom op "
+            "torch.ops.inverseflow.inv_conv2d, which ONNX has no operator for; the "
+            "Inverse-Flow placement (solve_on='density') samples with plain convolutions "
+            "and exports to ONNX")
+
+
+def _make_exportable(module: nn.Module, fmt: str, dtype: torch.dtype, prefix: str = "") -> bool:
+    """Replaces, in place, every child whose inverse is not plain tensor code by one that
+    is; refuses a layer it does not know. Returns whether a sampling-side solve is left."""
+    needs_op = False
+    for child_name, child in list(module.named_children()):
+        name = f"{prefix}{child_name}"
+        kind = type(child)
+        replacement = None
+        if kind is InvConv2d and child.solve_on == "density":
+            replacement = CausalConvInverse(child)
+        elif kind in (InvConv2d, EmergingConv2d):     # a solve on the sampling side
+            if fmt == "onnx":
+                raise ExportError(f"cannot export to ONNX: {_sampling_solve_reason(name, child)}")
+            needs_op = True
+        elif kind is InvertibleConv1x1:
+            replacement = Conv1x1Inverse(child)
+        elif kind is SmoothLeakyReLU:
+            replacement = SmoothLeakyReLUInverse(child, dtype)
+        elif kind is ConvExp2d:
+            raise ExportError(
+                f"cannot export layer {name} (ConvExp2d): its inverse sums the exp(−M) power "
+                "series until a data-dependent tolerance is met, which an exported graph "
+                "cannot test")
+        elif kind in _PLAIN:
+            needs_op |= _make_exportable(child, fmt, dtype, f"{name}.")
+        else:
+            raise ExportError(f"cannot export layer {name} ({kind.__name__}): no exportable "
+                              "inverse is known for it")
+        if replacement is not None:
+            setattr(module, child_name, replacement)
+    return needs_op
+
+
+class Sampler(nn.Module):
+    """``forward(noise_0, …) -> images``: standard-normal noise of :func:`noise_shapes`
+    (with a batch dimension) to images in [0, 1], ``model.decode(temperature · noise)``
+    clamped, on a CPU copy of ``model`` whose inverses are export-ready."""
+
+    def __init__(self, model: ImageFlow, temperature: float = 1.0, fmt: str = "pt2"):
+        super().__init__()
+        self.shapes = noise_shapes(model)
+        flow = copy.deepcopy(model).cpu().eval().requires_grad_(False)
+        uninitialized = [n for n, m in flow.named_modules()
+                         if isinstance(m, ActNorm) and not bool(m.initialized)]
+        if uninitialized:
+            raise ExportError(f"the model's ActNorm layers are not initialised "
+                              f"({uninitialized[0]}, …): train it or call "
+                              "model.initialize(batch) before exporting")
+        self.needs_inverseflow = _make_exportable(flow, fmt, flow.dtype)
+        self.flow = flow
+        self.temperature = check_temperature(temperature)
+
+    def forward(self, *noise):
+        z = torch.cat([n.flatten(1) for n in noise], dim=1) * self.temperature
+        return self.flow.decode(z).clamp(0, 1)
+
+
+def reference_images(model: ImageFlow, noise, temperature: float):
+    """What the exported sampler must return: the model's own ``decode``, clamped."""
+    z = torch.cat([n.flatten(1) for n in noise], dim=1) * temperature
+    with torch.no_grad():
+        return model.decode(z.to(model.device, model.dtype)).clamp(0, 1).cpu()
+
+
+def run_exported(path, noise, fmt: str | None = None):
+    """Runs an exported sampler file on ``noise`` (CPU tensors): the .pt2 program with
+    ``torch.export.load``, an .onnx model with onnxruntime."""
+    fmt = fmt or Path(path).suffix.lstrip(".")
+    if fmt == "pt2":
+        return torch.export.load(str(path)).module()(*noise)
+    session = _onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {i.name: n.numpy() for i, n in zip(session.get_inputs(), noise)}
+    return torch.from_numpy(session.run(None, feeds)[0])
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError("ONNX export and its check need onnxruntime, onnx and onnxscript: "
+                          "pip install 'inverseflow[export]'") from None
+    return onnxruntime
+
+
+def _check_format(fmt, out: Path) -> str:
+    if fmt is None:
+        fmt = out.suffix.lstrip(".").lower()
+        if fmt not in FORMATS:
+            raise ValueError(f"format: give pt2 or onnx, or an out file ending in .pt2 or "
+                             f".onnx; got out={str(out)!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+def export_sampler(model: ImageFlow, out, format: str | None = None, batch: int = 1,
+                   dynamic_batch: bool = False, temperature: float = 1.0) -> ExportResult:
+    """Exports ``model``'s sampling pass to ``out`` (``format`` "pt2" or "onnx"; by default
+    from the file's suffix) and checks the file against the model's ``decode`` on fresh
+    noise; a file that differs by more than :data:`TOLERANCE` is not kept.
+
+    The program takes ``len(noise_shapes(model))`` inputs, ``noise_i`` of shape
+    ``(batch, *noise_shapes(model)[i])``, standard normal, and returns ``(batch, C, H, W)``
+    images in [0, 1]. ``dynamic_batch=True`` accepts any batch size (``batch`` is then
+    only the example it is traced with)."""
+    out = Path(out)
+    fmt = _check_format(format, out)
+    batch = positive_count(batch, "batch")
+    if not isinstance(dynamic_batch, bool):
+        raise TypeError(f"dynamic_batch must be a bool, got {dynamic_batch!r}")
+    if not isinstance(model, ImageFlow):
+        raise TypeError(f"model must be an inverseflow image flow, got {type(model).__name__}")
+    if fmt == "onnx":
+        _onnxruntime()
+    sampler = Sampler(model, temperature, fmt)
+    # A traced batch of 1 would be specialised to 1, so a dynamic batch is traced at 2 or more.
+    traced = max(batch, 2) if dynamic_batch else batch
+    noise = tuple(torch.randn(traced, *s, dtype=model.dtype) for s in sampler.shapes)
+    dims = None
+    if dynamic_batch:
+        batch_dim = torch.export.Dim("batch", min=1)
+        dims = (tuple({0: batch_dim} for _ in noise),)     # forward(*noise): one varargs
+    names = tuple(f"noise_{i}" for i in range(len(noise)))
+    with torch.no_grad():
+        program = torch.export.export(sampler, noise, dynamic_shapes=dims)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.tmp{os.getpid()}{out.suffix}")
+    try:
+        if fmt == "pt2":
+            torch.export.save(program, str(temporary))
+        else:
+            onnx_program = torch.onnx.export(program, noise, input_names=list(names),
+                                             output_names=["image"], external_data=False,
+                                             verbose=False)
+            onnx_program.save(str(temporary))
+        check = tuple(torch.randn(batch + 1 if dynamic_batch else batch, *s,
+                                  dtype=model.dtype) for s in sampler.shapes)
+        error = max_rel_error(run_exported(temporary, check, fmt),
+                              reference_images(model, check, sampler.temperature))
+        if not error <= TOLERANCE:
+            raise ExportError(f"the exported sampler differs from the model's decode by "
+                              f"{error:.3g} (relative), over the tolerance {TOLERANCE}; "
+                              f"{out} was not written")
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return ExportResult(out, fmt, names, tuple(sampler.shapes), None if dynamic_batch else batch,
+                        sampler.temperature, sampler.needs_inverseflow, error)
+
+
+def max_rel_error(got, expected) -> float:
+    """max |got − expected| / max |expected|."""
+    scale = expected.abs().max().clamp_min(torch.finfo(expected.dtype).tiny)
+    return float((got.to(expected.dtype) - expected).abs().max() / scale)
+
+
+def export_checkpoint(checkpoint, out, format: str | None = None, batch: int = 1,
+                      dynamic_batch: bool = False, temperature: float = 1.0) -> ExportResult:
+    """:func:`export_sampler` of a training run's checkpoint (loaded as data only; a bad
+    file raises :class:`~inverseflow.train.checkpoint.CheckpointError`)."""
+    from .train import load_trained
+
+    _check_format(format, Path(out))     # before the checkpoint, which may take a while
+    model, _ = load_trained(str(checkpoint))
+    return export_sampler(model, out, format, batch, dynamic_batch, temperature)
+
+
+__all__ = ["export_sampler", "export_checkpoint", "noise_shapes", "run_exported", "Sampler",
+           "ExportError", "ExportResult", "FORMATS", "TOLERANCE"]
