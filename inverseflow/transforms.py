@@ -24,6 +24,7 @@ from torch.distributions import constraints
 from torch.distributions.transforms import Transform
 
 from .nn import InvConv2d
+from .nn._validate import positive_int
 from .ops import causal_conv2d, inv_conv2d
 from .ops._validate import FLOAT_DTYPES, check_order
 
@@ -137,8 +138,7 @@ class InvConv2dModule(InvConv2dTransform, nn.Module):
 
     def __init__(self, channels: int, kernel_size: int | tuple = 3, order: str = "quad",
                  init_scale: float = 0.1, cache_size: int = 0):
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        channels = positive_int(channels, "channels")
         # The layer validates kernel_size/order with its own messages and owns the
         # initialisation; borrowing it keeps the two initialised the same way.
         weight = InvConv2d(channels, kernel_size, order, init_scale=init_scale).weight

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from zuko.transforms import MonotonicRQSTransform
 
+from ._validate import positive_int
+
 
 class SmoothLeakyReLU(nn.Module):
     """``y = α x + (1 − α) softplus(x)``, the smooth leaky ReLU of Self-Normalizing Flows
@@ -87,11 +89,10 @@ class SplineActivation(nn.Module):
 
     def __init__(self, shape, bins: int = 5, bound: float = 20.0):
         super().__init__()
-        if (not isinstance(shape, (tuple, list)) or not shape
-                or not all(isinstance(v, int) and v > 0 for v in shape)):
+        if not isinstance(shape, (tuple, list)) or not shape:
             raise ValueError(f"shape must be a tuple of positive ints (C, H, W), got {shape!r}")
-        if not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"bins must be an int >= 2, got {bins!r}")
+        shape = tuple(positive_int(v, f"shape[{i}]") for i, v in enumerate(shape))
+        bins = positive_int(bins, "bins", minimum=2)
         if not bound > 0:
             raise ValueError(f"bound must be positive, got {bound!r}")
         self.shape, self.bins, self.bound = tuple(shape), bins, float(bound)

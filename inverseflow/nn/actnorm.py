@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._validate import positive_int
+
 
 class ActNorm(nn.Module):
     """Per-channel affine ``z = (x + bias) * exp(log_scale)`` (Kingma & Dhariwal, "Glow",
@@ -21,6 +23,7 @@ class ActNorm(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
+        channels = positive_int(channels, "channels")
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("initialized", torch.tensor(False))

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._validate import positive_int
+
 
 class InvertibleConv1x1(nn.Module):
     """``z = W x`` per pixel with ``W = P L (U + diag(sign · exp(log_s)))`` (Kingma &
@@ -15,6 +17,7 @@ class InvertibleConv1x1(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
+        channels = positive_int(channels, "channels")
         q, _ = torch.linalg.qr(torch.randn(channels, channels, dtype=torch.float64))
         p, lower, upper = torch.linalg.lu(q)
         s = torch.diagonal(upper)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._validate import kernel_size_2d, non_negative_number, positive_int
+
 
 class ConvergenceError(RuntimeError):
     """The power series of the convolution exponential did not reach its tolerance."""
@@ -36,17 +38,14 @@ class ConvExp2d(nn.Module):
     def __init__(self, channels: int, kernel_size: int | tuple = 3, max_norm: float | None = 1.0,
                  tolerance: float | None = None, max_terms: int = 60, init_scale: float = 0.1):
         super().__init__()
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        if kh < 1 or kw < 1:
-            raise ValueError(f"kernel_size must be positive, got {kernel_size!r}")
+        channels = positive_int(channels, "channels")
+        kh, kw = kernel_size_2d(kernel_size)
+        init_scale = non_negative_number(init_scale, "init_scale")
         if max_norm is not None and not max_norm > 0:
             raise ValueError(f"max_norm must be positive or None, got {max_norm!r}")
         if tolerance is not None and not 0 < tolerance < 1:
             raise ValueError(f"tolerance must be in (0, 1) or None, got {tolerance!r}")
-        if not isinstance(max_terms, int) or max_terms < 1:
-            raise ValueError(f"max_terms must be a positive int, got {max_terms!r}")
+        max_terms = positive_int(max_terms, "max_terms")
         self.kernel_size = (kh, kw)
         self.max_norm, self.tolerance, self.max_terms = max_norm, tolerance, max_terms
         self.padding = ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._validate import positive_int
+
 
 class AffineCoupling(nn.Module):
     """Real NVP affine coupling (Dinh et al., ICLR 2017) in Glow's form (Kingma &
@@ -16,8 +18,8 @@ class AffineCoupling(nn.Module):
 
     def __init__(self, channels: int, width: int):
         super().__init__()
-        if channels < 2:
-            raise ValueError(f"coupling needs at least 2 channels, got {channels}")
+        channels = positive_int(channels, "channels", minimum=2)   # one half conditions the other
+        width = positive_int(width, "width")
         self.split = channels // 2
         out = channels - self.split
         self.net = nn.Sequential(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ._validate import positive_int
 from .invconv import InvConv2d
 
 
@@ -21,8 +22,7 @@ class EmergingConv2d(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int | tuple = 3, init_scale: float = 0.1):
         super().__init__()
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
+        channels = positive_int(channels, "channels")
         self.first = InvConv2d(channels, kernel_size, order="TL", solve_on="sampling",
                                init_scale=init_scale)
         self.second = InvConv2d(channels, kernel_size, order="BR", solve_on="sampling",

@@ -8,6 +8,7 @@ from torch import nn
 from ..ops import causal_conv2d, inv_conv2d
 from ..ops._geometry import center, groups, masked_weight
 from ..ops._validate import ORDERS, check_order
+from ._validate import kernel_size_2d, non_negative_number, positive_int
 
 PLACEMENTS = ("density", "sampling")
 
@@ -47,10 +48,10 @@ class InvConv2d(nn.Module):
     def __init__(self, channels: int, kernel_size: int | tuple = 3, order: str = "quad",
                  solve_on: str = "density", init_scale: float = 0.1):
         super().__init__()
+        channels = positive_int(channels, "channels")
+        kh, kw = kernel_size_2d(kernel_size)
         check_order(order)
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-        if kh < 1 or kw < 1:
-            raise ValueError(f"kernel_size must be positive, got {kernel_size}")
+        init_scale = non_negative_number(init_scale, "init_scale")
         if order == "quad" and channels % 4:
             raise ValueError(f"order='quad' needs channels divisible by 4, got {channels}")
         cg = channels // 4 if order == "quad" else channels

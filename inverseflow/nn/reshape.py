@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._validate import positive_int
+
 
 class Squeeze(nn.Module):
     """Space-to-depth by 2 (Dinh et al., "Real NVP", ICLR 2017): (C, H, W) → (4C, H/2, W/2)."""
@@ -32,6 +34,7 @@ class Split(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
+        channels = positive_int(channels, "channels", minimum=2)   # keeps half, factors out half
         self.keep = channels // 2
         out = channels - self.keep
         self.prior = nn.Conv2d(self.keep, 2 * out, 3, padding=1)
