@@ -18,6 +18,8 @@ Both are log-det free: the masked center tap is unit lower triangular, so
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.distributions import constraints
@@ -85,9 +87,16 @@ class InvConv2dTransform(Transform):
         if images.dim() < EVENT_DIM:
             raise ValueError(f"{name} must be (..., C, H, W) with at least 3 dimensions; got "
                              f"shape {tuple(images.shape)}")
-        # The ops take NCHW: fold every batch dimension into N and unfold afterwards.
+        channels = self.weight.shape[0]
+        if images.shape[-EVENT_DIM] != channels:
+            # The weight is this transform's own: a mismatch is the images' fault.
+            raise ValueError(f"{name} must have {channels} channels (the weight's, "
+                             f"{tuple(self.weight.shape)}) in dimension -3 of (..., C, H, W); "
+                             f"got shape {tuple(images.shape)}")
+        # The ops take NCHW: fold every batch dimension into N and unfold afterwards. The
+        # batch size is given, not -1, which reshape cannot infer for empty images (H = 0).
         event_shape = images.shape[-EVENT_DIM:]
-        flat = images.reshape(-1, *event_shape)
+        flat = images.reshape(math.prod(images.shape[:-EVENT_DIM]), *event_shape)
         return op(flat, self.weight, self.order).reshape(images.shape)
 
     def _call(self, z: torch.Tensor) -> torch.Tensor:

@@ -125,8 +125,26 @@ def test_bad_images_are_rejected_clearly():
         t(torch.zeros(4, 5))
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         t.inv([1.0])
-    with pytest.raises(ValueError, match="weight must have shape"):
-        t(torch.zeros(2, 3, 5, 5))   # 3 channels for a 4-channel weight
+    # 3 channels for the transform's own 4-channel weight: the images are wrong, not the weight.
+    with pytest.raises(ValueError, match=r"z must have 4 channels \(the weight's"):
+        t(torch.zeros(2, 3, 5, 5))
+    with pytest.raises(ValueError, match=r"x must have 4 channels \(the weight's"):
+        t.inv(torch.zeros(3, 5, 5))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("shape", [(2, 3, 4, 0, 5), (4, 5, 0), (1, 4, 0, 0), (0, 4, 5, 6)])
+def test_empty_images_work_as_the_ops_do(order, shape, rng):
+    # The ops take H = 0 or W = 0; the transform used to fail folding the batch with -1.
+    from inverseflow import causal_conv2d, inv_conv2d
+
+    weight = oracle.random_weight(4, 3, 3, order, rng)
+    t = InvConv2dTransform(weight, order)
+    images = torch.zeros(shape, dtype=torch.float64)
+    flat = images.reshape(math.prod(shape[:-3]), *shape[-3:])
+    torch.testing.assert_close(t(images), causal_conv2d(flat, weight, order).reshape(shape))
+    torch.testing.assert_close(t.inv(images), inv_conv2d(flat, weight, order).reshape(shape))
+    assert t.log_abs_det_jacobian(images, t(images)).shape == shape[:-3]
 
 
 def test_with_cache_shares_the_weight(rng):
