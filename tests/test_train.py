@@ -157,7 +157,7 @@ def test_png_grid_round_trips(tmp_path, channels, rng):
     from inverseflow.train.grids import save_grid
 
     images = torch.rand(5, channels, 5, 4, generator=rng)
-    path = save_grid(images, tmp_path / "g.png", ncols=3, pad=1)
+    path = save_grid(images, tmp_path / "g.png", ncols=3, pad=1, min_side=1)
     with Image.open(path) as png:
         assert png.format == "PNG" and png.mode == ("L" if channels == 1 else "RGB")
         pixels = torch.from_numpy(np.array(png))
@@ -170,6 +170,31 @@ def test_png_grid_round_trips(tmp_path, channels, rng):
         assert torch.equal(tile, expected[i]), i
     assert int(pixels[:, 0].max()) == 0 and int(pixels[:, 7:, 11:].max()) == 0  # border, empty slot
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("channels,side,count", [(1, 8, 64), (3, 5, 7), (1, 300, 1)])
+def test_small_grids_are_enlarged_nearest_neighbour(tmp_path, channels, side, count, rng):
+    # Sample grids used to be written one pixel per pixel (73x73 for 64 digits).
+    import numpy as np
+    from PIL import Image
+
+    from inverseflow.train.grids import make_grid, save_grid
+
+    images = torch.rand(count, channels, side, side, generator=rng)
+    grid = make_grid(images)                                   # (C, H', W') uint8, 1:1
+    with Image.open(save_grid(images, tmp_path / "g.png")) as png:
+        pixels = torch.from_numpy(np.array(png))
+    pixels = pixels.reshape(*pixels.shape[:2], -1).permute(2, 0, 1)
+    factor = pixels.shape[1] // grid.shape[1]
+    assert min(pixels.shape[1:]) >= 256 and factor >= 1
+    assert tuple(pixels.shape) == (channels, grid.shape[1] * factor, grid.shape[2] * factor)
+    if min(grid.shape[1:]) >= 256:
+        assert factor == 1
+    else:   # the smallest whole factor: one less would fall short of 256
+        assert min(grid.shape[1:]) * (factor - 1) < 256
+    # Nearest neighbour: every factor x factor block is one pixel of the 1:1 grid.
+    blocks = pixels.reshape(channels, grid.shape[1], factor, grid.shape[2], factor)
+    assert torch.equal(blocks, grid[:, :, None, :, None].expand_as(blocks))
 
 
 def test_cli_reports_divergence_with_exit_code_3(tmp_path, monkeypatch, capsys):

@@ -9,6 +9,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+# The smallest side of a written grid, in pixels: enough to see a digit's strokes.
+MIN_SIDE = 256
+MAX_SIDE = 4096
+
 
 def make_grid(images: torch.Tensor, ncols: int | None = None, pad: int = 1) -> torch.Tensor:
     """Tiles images (N, C, H, W) in [0, 1] (C = 1 or 3) into one uint8 (C, H', W') image,
@@ -31,14 +35,27 @@ def make_grid(images: torch.Tensor, ncols: int | None = None, pad: int = 1) -> t
     return (grid * 255).round().to(torch.uint8)
 
 
-def save_grid(images: torch.Tensor, path, ncols: int | None = None, pad: int = 1) -> Path:
-    """Writes images (N, C, H, W) in [0, 1] (C = 1 or 3) as one PNG grid, atomically."""
+def save_grid(images: torch.Tensor, path, ncols: int | None = None, pad: int = 1,
+              min_side: int = MIN_SIDE) -> Path:
+    """Writes images (N, C, H, W) in [0, 1] (C = 1 or 3) as one PNG grid, atomically. A
+    grid smaller than ``min_side`` pixels on a side is enlarged by the smallest whole factor
+    that reaches it, nearest neighbour (each pixel a square block), so that small images
+    (8×8 digits: a 73×73 grid) can be seen; ``min_side=1`` writes one pixel per pixel."""
+    if isinstance(min_side, bool) or not isinstance(min_side, int) or min_side < 1:
+        raise ValueError(f"min_side must be a positive integer, got {min_side!r}")
     grid = make_grid(images, ncols, pad)
     pixels = grid[0] if grid.shape[0] == 1 else grid.permute(1, 2, 0)
+    picture = Image.fromarray(pixels.contiguous().numpy())
+    # A whole factor keeps every pixel square; MAX_SIDE keeps a long, thin grid bounded.
+    factor = max(1, min(math.ceil(min_side / min(picture.size)),
+                        MAX_SIDE // max(picture.size)))
+    if factor > 1:
+        picture = picture.resize((picture.width * factor, picture.height * factor),
+                                 Image.Resampling.NEAREST)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        Image.fromarray(pixels.contiguous().numpy()).save(tmp, format="PNG")
+        picture.save(tmp, format="PNG")
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
