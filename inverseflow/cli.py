@@ -36,6 +36,15 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from pathlib import Path
 
+    from .train.preflight import prepare_run_folder
+
+    # Each section flag runs that section alone, so two of them cannot both be honoured.
+    sections = [f"--{name}" for name in ("scaling", "jit", "parity") if getattr(args, name, False)]
+    if len(sections) > 1:
+        raise ValueError(f"{' and '.join(sections)} each run one section alone; give one of "
+                         "them per run (or none for the op and model suite)")
+    # Before measuring, so that a run's results are never lost to an unwritable --out.
+    prepare_run_folder(args.out)
     if args.jit:
         return _bench_jit(args)
 

@@ -85,3 +85,32 @@ def test_without_matplotlib_the_json_is_written_and_the_plot_skipped(tmp_path, m
     paths = scaling.write(result, tmp_path)
     assert [p.name for p in paths] == ["scaling.json"]
     assert "inverseflow[bench]" in capsys.readouterr().err
+
+
+def _no_measuring(monkeypatch):
+    """Makes every bench section fail the test if it starts measuring."""
+    from inverseflow.bench import jit_speedup
+    from inverseflow.bench import suite
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before the arguments and --out were checked")
+
+    for module in (scaling, jit_speedup, suite):
+        monkeypatch.setattr(module, "run", measured)
+
+
+def test_cli_scaling_checks_out_before_measuring(tmp_path, monkeypatch, capsys):
+    _no_measuring(monkeypatch)
+    in_the_way = tmp_path / "results"
+    in_the_way.write_text("a file, not a folder")
+    assert cli_main(["bench", "--scaling", "--quick", "--out", str(in_the_way)]) == 2
+    assert "--out" in capsys.readouterr().err and in_the_way.read_text() == "a file, not a folder"
+
+
+def test_cli_scaling_and_jit_together_are_refused(tmp_path, monkeypatch, capsys):
+    _no_measuring(monkeypatch)
+    out = tmp_path / "results"
+    assert cli_main(["bench", "--scaling", "--jit", "--quick", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "--scaling and --jit" in error and "one" in error
+    assert not out.exists()
