@@ -184,6 +184,27 @@ def _sample(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .export import export_checkpoint
+
+    try:
+        result = export_checkpoint(args.checkpoint, args.out, args.format, args.batch,
+                                   args.dynamic_batch, args.temperature)
+    except ImportError as exc:     # the export extra is not installed
+        raise RuntimeError(str(exc)) from None
+    batch = "any" if result.batch is None else result.batch
+    inputs = ", ".join(f"{name} ({batch}, {', '.join(map(str, shape))})"
+                       for name, shape in zip(result.input_names, result.noise_shapes))
+    print(f"wrote {result.path} ({result.format}): standard-normal {inputs} -> images in "
+          f"[0, 1] at temperature {result.temperature:g}; largest relative difference from "
+          f"the model's decode {result.max_rel_error:.2g}")
+    if result.needs_inverseflow:
+        print("note: this model solves in its sampling pass (solve_on='sampling'), so the "
+              "program calls torch.ops.inverseflow.inv_conv2d: `import inverseflow` before "
+              "torch.export.load")
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -299,6 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     sample.set_defaults(run=_sample)
+
+    export = sub.add_parser("export", help="export the sampler (noise -> images) to "
+                            "torch.export (.pt2) or ONNX, runnable without inverseflow")
+    export.add_argument("--checkpoint", required=True, help="a checkpoint.pt that train wrote")
+    export.add_argument("--out", required=True, help="FILE.pt2 or FILE.onnx")
+    export.add_argument("--format", choices=["pt2", "onnx"],
+                        help="default: from the suffix of --out")
+    export.add_argument("--batch", type=_positive, default=1,
+                        help="images per call (with --dynamic-batch: only the traced example)")
+    export.add_argument("--dynamic-batch", action="store_true",
+                        help="accept any batch size")
+    export.add_argument("--temperature", type=_positive_float, default=1.0,
+                        help="scale of the latent's standard deviation, fixed in the file "
+                             "(default 1: the model's; `sample` uses 0.7)")
+    export.set_defaults(run=_export)
 
     bench = sub.add_parser("bench", help="op benchmark against F.conv2d, as JSON")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (CI-sized)")

@@ -11,17 +11,20 @@ sampler calls ``torch.ops.inverseflow.inv_conv2d``: a ``.pt2`` then loads only w
 The exported function is deterministic: it takes one standard-normal tensor per latent
 (:func:`noise_shapes`; the caller draws the noise) and applies the temperature, the
 learned priors (split and top-level mean and scale) and every inverse layer inside.
-Layers whose eager inverse loops until convergence get a fixed count proven enough:
-see :class:`SmoothLeakyReLUInverse`. A layer this module does not know is refused by
-name, and every export is checked against the model's own ``decode`` before it is kept.
+Layers whose eager inverse loops until convergence get a fixed count proven enough
+(:class:`SmoothLeakyReLUInverse`, :class:`ConvExpInverse`). A layer this module does not
+know is refused by name, and every export is checked against the model's own ``decode``
+before it is kept.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -147,13 +150,56 @@ class SmoothLeakyReLUInverse(nn.Module):
         return f"alpha={self.alpha}, steps={self.steps}"
 
 
+def conv_exp_series_terms(bound: float, dtype: torch.dtype) -> int:
+    """Terms of the exp(−M) series after which its sum is within half of ``dtype``'s
+    epsilon of exp(−M) z, relative, for every z, given ``bound`` ≥ ‖M‖. Proof: the tail
+    after n terms is at most Σ_{k>n} bᵏ/k! ‖z‖ ≤ bⁿ⁺¹/(n+1)! / (1 − b/(n+2)) ‖z‖ (for
+    b < n + 2), and ‖exp(−M) z‖ ≥ e⁻ᵇ ‖z‖ since ‖exp(M)‖ ≤ eᵇ."""
+    target, steps, term = torch.finfo(dtype).eps / 2 * math.exp(-bound), 0, 1.0
+    while True:
+        following = term * bound / (steps + 1)           # b^(n+1) / (n+1)!
+        if bound < steps + 2 and following / (1 - bound / (steps + 2)) <= target:
+            return steps
+        steps, term = steps + 1, following
+
+
+class ConvExpInverse(nn.Module):
+    """The convolution exponential's inverse exp(−M) z as a fixed number of series terms
+    (:func:`conv_exp_series_terms` from the kernel's norm bound Σ_taps ‖M_tap‖_F, which
+    bounds ‖M‖ since each tap is a zero-padded shift), instead of the eager layer's
+    data-dependent stopping test. The kernel after the norm limit is a buffer."""
+
+    def __init__(self, layer: ConvExp2d, dtype: torch.dtype, name: str):
+        super().__init__()
+        with torch.no_grad():
+            kernel = layer.kernel().detach().clone()
+            bound = float(torch.linalg.matrix_norm(kernel.double().permute(2, 3, 0, 1)).sum())
+        self.terms = conv_exp_series_terms(bound, dtype)
+        if self.terms > layer.max_terms:
+            raise ExportError(f"cannot export layer {name} (ConvExp2d): its kernel's norm "
+                              f"bound {bound:.3g} needs {self.terms} series terms for {dtype}, "
+                              f"more than its max_terms={layer.max_terms}")
+        self.padding = layer.padding
+        self.register_buffer("kernel", kernel)
+
+    def inverse(self, z):
+        result = term = z
+        for k in range(1, self.terms + 1):
+            term = F.conv2d(F.pad(term, self.padding), self.kernel) * (-1.0 / k)
+            result = result + term
+        return result
+
+    def extra_repr(self) -> str:
+        return f"terms={self.terms}"
+
+
 def _sampling_solve_reason(name: str, layer: nn.Module) -> str:
-    kind = type(layer).__name__
-    return (f"layer {name} ({kind}, solve on sampling: the FInC/Emerging placement) "
-            "solves a triangular system in the sampling pass with the custom op "
-            "torch.ops.inverseflow.inv_conv2d, which ONNX has no operator for; the "
-            "Inverse-Flow placement (solve_on='density') samples with plain convolutions "
-            "and exports to ONNX")
+    what = ("InvConv2d with solve_on='sampling', the FInC/Emerging placement"
+            if isinstance(layer, InvConv2d) else "EmergingConv2d, inverted in the sampling pass")
+    return (f"layer {name} ({what}) solves a triangular system in the sampling pass with the "
+            "custom op torch.ops.inverseflow.inv_conv2d, which ONNX has no operator for; the "
+            "Inverse-Flow placement (layer='inverse', solve_on='density') samples with plain "
+            "convolutions and exports to ONNX")
 
 
 def _make_exportable(module: nn.Module, fmt: str, dtype: torch.dtype, prefix: str = "") -> bool:
@@ -175,10 +221,7 @@ def _make_exportable(module: nn.Module, fmt: str, dtype: torch.dtype, prefix: st
         elif kind is SmoothLeakyReLU:
             replacement = SmoothLeakyReLUInverse(child, dtype)
         elif kind is ConvExp2d:
-            raise ExportError(
-                f"cannot export layer {name} (ConvExp2d): its inverse sums the exp(−M) power "
-                "series until a data-dependent tolerance is met, which an exported graph "
-                "cannot test")
+            replacement = ConvExpInverse(child, dtype, name)
         elif kind in _PLAIN:
             needs_op |= _make_exportable(child, fmt, dtype, f"{name}.")
         else:
@@ -287,10 +330,7 @@ def export_sampler(model: ImageFlow, out, format: str | None = None, batch: int 
         if fmt == "pt2":
             torch.export.save(program, str(temporary))
         else:
-            onnx_program = torch.onnx.export(program, noise, input_names=list(names),
-                                             output_names=["image"], external_data=False,
-                                             verbose=False)
-            onnx_program.save(str(temporary))
+            _to_onnx(program, noise, names).save(str(temporary))
         check = tuple(torch.randn(batch + 1 if dynamic_batch else batch, *s,
                                   dtype=model.dtype) for s in sampler.shapes)
         error = max_rel_error(run_exported(temporary, check, fmt),
@@ -304,6 +344,21 @@ def export_sampler(model: ImageFlow, out, format: str | None = None, batch: int 
         temporary.unlink(missing_ok=True)
     return ExportResult(out, fmt, names, tuple(sampler.shapes), None if dynamic_batch else batch,
                         sampler.temperature, sampler.needs_inverseflow, error)
+
+
+def _to_onnx(program, noise, names):
+    # The exporter logs that torchvision's ops are skipped, and torch warns about its own
+    # deprecated pytree use: neither concerns this model.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+            return torch.onnx.export(program, noise, input_names=list(names),
+                                     output_names=["image"], external_data=False, verbose=False)
+    finally:
+        registration.setLevel(level)
 
 
 def max_rel_error(got, expected) -> float:
