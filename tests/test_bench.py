@@ -60,3 +60,26 @@ def test_timings_come_from_torch_utils_benchmark_at_the_callers_thread_count(mon
     assert len(samples) == 4 and all(s > 0 for s in samples)
     assert len(made) == 1 and made[0]["num_threads"] == threads   # not the Timer's default 1
     assert set(seen) == {threads} and len(seen) > 4              # warm-up calls came first
+
+
+def test_environment_records_the_build_commit_without_asking_git(monkeypatch):
+    # git next to the installed package answers for whatever repository contains it (a
+    # project's .venv); the commit is the build's, recorded by CMake, or None.
+    import subprocess
+    from pathlib import Path
+
+    from inverseflow.bench.environment import environment
+    from inverseflow.ops import _backends
+
+    real_popen = subprocess.Popen
+
+    class NoGit(real_popen):
+        def __init__(self, args, *rest, **kwargs):
+            program = args[0] if isinstance(args, (list, tuple)) else str(args).split()[0]
+            assert Path(str(program)).name != "git", f"environment() ran {args}"
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", NoGit)
+    env = environment("cpu")
+    assert env["commit"] == _backends.build_info().get("commit")
+    assert env["commit_dirty"] == _backends.build_info().get("commit_dirty")

@@ -76,3 +76,60 @@ def test_build_pruning_keeps_only_matching_layers(tmp_path):
     built = (tmp_path / "build_info.h").read_text()
     assert '"invconv_k3x3_c12_tl", "invconv_k3x3_c12_quad"' in built
     assert "disabled by INVERSEFLOW_CUDA=OFF" in built
+
+
+def _configure_build_info(source: Path, build: Path) -> dict:
+    """Configures CMake (no compiling) and returns the JSON it writes into build_info.h."""
+    pybind11 = pytest.importorskip("pybind11")
+    result = subprocess.run(
+        ["cmake", "-S", str(source), "-B", str(build), "-DINVERSEFLOW_CUDA=OFF",
+         "-DINVERSEFLOW_SPECS=k3x3_c12_", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+         f"-DPython_EXECUTABLE={sys.executable}"],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    header = (build / "build_info.h").read_text()
+    return json.loads(header.split('R"json(', 1)[1].split(')json"', 1)[0])
+
+
+def _git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
+                          env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+                               "PATH": "/usr/bin:/bin"}).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("git") is None,
+                    reason="needs cmake and git")
+def test_build_records_the_commit_it_is_built_from(tmp_path):
+    try:
+        top = Path(_git("rev-parse", "--show-toplevel", cwd=ROOT)).resolve()
+    except subprocess.CalledProcessError:
+        pytest.skip("the sources are not a git checkout")
+    if top != ROOT:
+        pytest.skip("the sources are not the top of their own git checkout")
+    head = _git("rev-parse", "HEAD", cwd=ROOT)
+    info = _configure_build_info(ROOT, tmp_path)
+    assert info["commit"] == head and isinstance(info["commit_dirty"], bool)
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("git") is None,
+                    reason="needs cmake and git")
+def test_sources_inside_another_repository_record_no_commit(tmp_path):
+    # An sdist unpacked inside some project's git tree: that project's HEAD is not ours.
+    outer = tmp_path / "project"
+    source = outer / "vendor" / "inverseflow"
+    for part in ("csrc", "generated", "templates", "codegen"):
+        shutil.copytree(ROOT / part, source / part,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ROOT / "CMakeLists.txt", source / "CMakeLists.txt")
+    _git("init", "-q", cwd=outer)
+    (outer / "README").write_text("someone else's project\n")
+    _git("add", "README", cwd=outer)
+    _git("commit", "-q", "-m", "theirs", cwd=outer)
+    info = _configure_build_info(source, tmp_path / "build")
+    assert info["commit"] is None and info["commit_dirty"] is None
+
+
+def test_built_module_records_a_commit_or_none():
+    commit = _backends.build_info().get("commit")
+    assert commit is None or (len(commit) == 40 and set(commit) <= set("0123456789abcdef"))

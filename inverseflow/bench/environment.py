@@ -1,14 +1,20 @@
 """Where a benchmark ran: one record that every benchmark's JSON carries as
-``environment`` (date, torch, Python, machine, threads, device, GPU, commit)."""
+``environment`` (date, torch, Python, machine, threads, device, GPU, commit).
+
+The commit is the one the compiled kernels were built from, recorded by CMake at build
+time (``commit``, and ``commit_dirty`` when tracked files differed from it), or None. It is
+not asked of git at run time: next to an installed package that would answer for whatever
+repository happens to contain it (a project's ``.venv``), not for this package.
+"""
 
 from __future__ import annotations
 
 import datetime
 import platform
-import subprocess
-from pathlib import Path
 
 import torch
+
+from ..ops import _backends
 
 
 def environment(device: str) -> dict:
@@ -19,9 +25,7 @@ def environment(device: str) -> dict:
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
         env["cuda"] = torch.version.cuda
-    try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True, cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        env["commit"] = None
+    build = _backends.build_info()
+    env["commit"] = build.get("commit")
+    env["commit_dirty"] = build.get("commit_dirty")
     return env
