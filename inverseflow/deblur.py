@@ -33,6 +33,7 @@ colour channel) is an independent plane blurred by the same 2-D kernel.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -151,14 +152,23 @@ def inverse_gain(kernel: Tensor, size, order: str = "TL") -> float:
 
     The inverse is shift-invariant with a zero border, so its largest row sum is the ℓ1
     norm of its impulse response over the image: one solve of an impulse at the corner's
-    first pixel, in float64. inf when that overflows.
+    first pixel, in float64 on the CPU (cached per kernel, size and order). inf when that
+    overflows.
     """
     _check_order(order)
     kernel = _check_kernel(kernel, kernel, order)
     if (not isinstance(size, (tuple, list)) or len(size) != 2
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)):
         raise ValueError(f"size must be a pair (H, W) of positive ints; got {size!r}")
-    kernel = kernel.detach().double()
+    taps = kernel.detach().double().cpu()
+    return _cached_gain(tuple(taps.flatten().tolist()), tuple(taps.shape), tuple(size), order)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_gain(taps: tuple, shape: tuple, size: tuple, order: str) -> float:
+    """inverse_gain's solve, once per (kernel, size, order): deblurring a stream of images
+    of one size with one kernel pays for it once."""
+    kernel = torch.tensor(taps, dtype=torch.float64).reshape(shape)
     k0 = leading_tap(kernel, order)
     impulse = kernel.new_zeros(1, 1, *size)
     impulse[0, 0, -1 if order in ("BL", "BR") else 0, -1 if order in ("TR", "BR") else 0] = 1 / k0
@@ -326,7 +336,7 @@ def fft_deconvolve(blurred: Tensor, kernel: Tensor, order: str = "TL", *, pad: i
 
 def psnr(estimate: Tensor, truth: Tensor, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB, ``10 log10(data_range² / mean((estimate − truth)²))``
-    (inf for an exact match, NaN when the estimate is not finite)."""
+    (inf for an exact match, −inf when the error overflows, NaN when the estimate has NaN)."""
     for arg, name in ((estimate, "estimate"), (truth, "truth")):
         if not isinstance(arg, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(arg).__name__}")
@@ -334,7 +344,9 @@ def psnr(estimate: Tensor, truth: Tensor, data_range: float = 1.0) -> float:
         raise ValueError(f"estimate and truth must have the same shape; got "
                          f"{tuple(estimate.shape)} and {tuple(truth.shape)}")
     mse = float(((estimate.double() - truth.double()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
+    if mse == 0 or mse != mse:   # an exact match, or NaN in the estimate
+        return math.inf if mse == 0 else math.nan
+    return -math.inf if mse == math.inf else 10 * math.log10(data_range ** 2 / mse)
 
 
 def load_image(name: str, dtype: torch.dtype = torch.float64) -> Tensor:

@@ -221,6 +221,7 @@ def test_psnr_matches_scikit_image(rng):
     expected = metrics.peak_signal_noise_ratio(a.numpy(), b.numpy(), data_range=1.0)
     assert D.psnr(b, a) == pytest.approx(expected, rel=1e-12)
     assert D.psnr(a, a) == math.inf
+    assert D.psnr(a * 1e300, a) == -math.inf and math.isnan(D.psnr(a * math.nan, a))
 
 
 # ------------------------------------------------------------------ bad arguments
