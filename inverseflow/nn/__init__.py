@@ -1,7 +1,8 @@
 """Invertible layers for normalizing flows.
 
 Every layer maps the data side to the latent side with ``forward(x) -> (z, logdet)``
-(``logdet`` of shape (B,), the exact log |det dz/dx|) and back with ``inverse(z) -> x``.
+(``logdet`` of shape (B,), the exact ``log|det dz/dx|``) and back with ``inverse(z) -> x``.
+Images are (B, C, H, W) float32 or float64 tensors unless a layer says otherwise.
 """
 
 from .actnorm import ActNorm

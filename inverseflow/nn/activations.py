@@ -22,6 +22,12 @@ class SmoothLeakyReLU(nn.Module):
     ``dx/dy = 1 / f'(x)``. NaN has no preimage and raises; ±inf map to themselves; a y
     below α·finfo(dtype).min, whose preimage (≈ y/α) is beyond the dtype's range, gives
     -inf (the correctly rounded preimage), alone or in a batch.
+
+    Args:
+        alpha: the slope at −∞, in (0, 1) (``ValueError`` otherwise).
+        max_iterations: Newton's cap in :meth:`inverse` (``RuntimeError`` past it).
+
+    Shapes: any (B, ...) float tensor, kept; ``logdet`` is (B,).
     """
 
     def __init__(self, alpha: float = 0.3, max_iterations: int = 100):
@@ -43,10 +49,13 @@ class SmoothLeakyReLU(nn.Module):
         return self.alpha + (1 - self.alpha) * torch.sigmoid(x)
 
     def forward(self, x):
+        """``(y, logdet)``: ``y`` like ``x``; ``logdet`` (B,) is Σ log of the slope."""
         logdet = torch.log(self._slope(x)).flatten(1).sum(1)
         return self._value(x), logdet
 
     def inverse(self, y):
+        """``x`` with ``forward(x)[0] == y`` (Newton's method); ``ValueError`` if ``y`` has
+        NaN, ``RuntimeError`` if Newton does not converge."""
         if torch.isnan(y).any():
             raise ValueError("SmoothLeakyReLU.inverse: y contains NaN, which no input maps "
                              "to (the layer maps the reals onto the reals)")
@@ -85,6 +94,14 @@ class SplineActivation(nn.Module):
 
     The spline is zuko's ``MonotonicRQSTransform``; outside [−bound, bound] it is the
     identity. All-zero parameters give the identity, so the layer starts as one.
+
+    Args:
+        shape: (C, H, W) of the images, positive ints; each element gets its own spline.
+        bins: spline bins, at least 2 (the paper's code uses 5).
+        bound: the spline acts on [−bound, bound], positive.
+
+    Shapes: ``forward(x)`` and ``inverse(y)`` take (B, *shape) float tensors (``ValueError``
+    naming the argument otherwise) and keep the shape; ``logdet`` is (B,).
     """
 
     def __init__(self, shape, bins: int = 5, bound: float = 20.0):
@@ -109,11 +126,13 @@ class SplineActivation(nn.Module):
                              f"got {tuple(x.shape)}")
 
     def forward(self, x):
+        """``(y, logdet)`` of the per-element spline; ``logdet`` is (B,)."""
         self._check(x, "x")
         y, ladj = self._transform().call_and_ladj(x)
         return y, ladj.flatten(1).sum(1)
 
     def inverse(self, y):
+        """The spline's exact inverse (a bin search and a quadratic root per element)."""
         self._check(y, "y")
         return self._transform().inv(y)
 

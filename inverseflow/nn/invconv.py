@@ -43,6 +43,22 @@ class InvConv2d(nn.Module):
     ``record_growth = True`` each solve stores ``last_growth``, the largest
     ``max|x| / max|y|`` since it was last cleared (two reductions per solve), which the
     training loop logs and warns on.
+
+    Args:
+        channels: C, the input and output channel count (divisible by 4 for ``quad``).
+        kernel_size: ``k`` or ``(kh, kw)``; rectangular and 1×1 kernels are valid.
+        order: ``"quad"`` (default: four channel groups, one per corner), ``"TL"``,
+            ``"TR"``, ``"BL"`` or ``"BR"``.
+        solve_on: ``"density"`` (Inverse-Flow) or ``"sampling"`` (FInC/Emerging).
+        init_scale: scale of the off-centre taps' initial noise (identity plus noise).
+
+    Shapes: ``forward(x)`` and ``inverse(z)`` take (B, C, H, W) float32 or float64 (any H,
+    W) and keep the shape; ``weight`` is (C, C, kh, kw), or (C, C/4, kh, kw) for ``quad``.
+
+    Raises:
+        ValueError: a non-positive ``channels`` or ``kernel_size``, an unknown ``order`` or
+            ``solve_on``, a negative ``init_scale``, or ``quad`` with C not divisible by 4;
+            the ops' ``ValueError``/``TypeError`` for images of the wrong shape or dtype.
     """
 
     def __init__(self, channels: int, kernel_size: int | tuple = 3, order: str = "quad",
@@ -64,16 +80,22 @@ class InvConv2d(nn.Module):
         self.last_growth: torch.Tensor | None = None
 
     def set_solve_on(self, solve_on: str) -> None:
+        """Switches the placement, ``"density"`` or ``"sampling"`` (same parameters);
+        ``ValueError`` for anything else."""
         if solve_on not in PLACEMENTS:
             raise ValueError(f"solve_on must be one of {PLACEMENTS}, got {solve_on!r}")
         self.solve_on = solve_on
 
     def forward(self, x):
+        """Data → latent: ``(z, logdet)``, ``z`` like ``x`` (B, C, H, W), ``logdet`` zeros
+        (B,). With ``solve_on="density"`` this is :func:`inverseflow.inv_conv2d`."""
         if self.solve_on == "density":
             return self._solve(x), x.new_zeros(x.shape[0])
         return causal_conv2d(x, self.weight, self.order), x.new_zeros(x.shape[0])
 
     def inverse(self, z):
+        """Latent → data: ``x`` like ``z`` (B, C, H, W). With ``solve_on="density"`` this is
+        the plain :func:`inverseflow.causal_conv2d`."""
         if self.solve_on == "density":
             return causal_conv2d(z, self.weight, self.order)
         return self._solve(z)
