@@ -19,6 +19,12 @@ class ActNorm(nn.Module):
     compiles with ``fullgraph=True``. A Python flag mirrors the buffer (and follows
     ``load_state_dict``) because Dynamo can guard on a Python bool but not branch on a
     tensor.
+
+    Args:
+        channels: C, a positive int (``ValueError`` otherwise).
+
+    Shapes: (B, C, H, W) in and out; ``logdet`` (B,) is ``H·W·Σ log_scale``. Raises
+    ``RuntimeError`` when first called inside ``torch.compile`` before initialisation.
     """
 
     def __init__(self, channels: int):
@@ -41,6 +47,7 @@ class ActNorm(nn.Module):
         self.is_initialized = True
 
     def forward(self, x):
+        """``(z, logdet)``; the first eager call initialises from ``x`` (see the class)."""
         if not self.is_initialized:
             if torch.compiler.is_compiling():
                 raise RuntimeError(
@@ -56,6 +63,7 @@ class ActNorm(nn.Module):
         return z, logdet.expand(x.shape[0])
 
     def inverse(self, z):
+        """``z · exp(−log_scale) − bias``: latent → data, shape kept."""
         return z * torch.exp(-self.log_scale) - self.bias
 
 

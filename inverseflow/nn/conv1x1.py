@@ -11,8 +11,14 @@ from ._validate import positive_int
 
 class InvertibleConv1x1(nn.Module):
     """``z = W x`` per pixel with ``W = P L (U + diag(sign · exp(log_s)))`` (Kingma &
-    Dhariwal, "Glow", NeurIPS 2018): log |det| = H·W·Σ log_s, at O(C) cost.
+    Dhariwal, "Glow", NeurIPS 2018): ``log|det| = H·W·Σ log_s``, at O(C) cost.
     Initialised from a random rotation.
+
+    Args:
+        channels: C, a positive int (``ValueError`` otherwise).
+
+    Shapes: (B, C, H, W) in and out; ``logdet`` is (B,). Under autocast it computes in
+    float32 so that ``W`` and ``W⁻¹`` stay exact inverses.
     """
 
     def __init__(self, channels: int):
@@ -29,16 +35,19 @@ class InvertibleConv1x1(nn.Module):
         self.log_s = nn.Parameter(torch.log(torch.abs(s)).float())
 
     def matrix(self):
+        """The C×C matrix ``W = P L (U + diag(sign · exp(log_s)))``."""
         eye = torch.eye(self.lower.shape[0], dtype=self.lower.dtype, device=self.lower.device)
         lower = self.lower * self.lower_mask + eye
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
         return self.perm @ lower @ upper
 
     def forward(self, x):
+        """``(W x per pixel, logdet)``."""
         w = self.matrix()
         logdet = self.log_s.sum() * x.shape[2] * x.shape[3]
         return F.conv2d(x, w[:, :, None, None]), logdet.expand(x.shape[0])
 
     def inverse(self, z):
+        """``W⁻¹ z`` per pixel."""
         w_inv = torch.linalg.inv(self.matrix())
         return F.conv2d(z, w_inv[:, :, None, None])

@@ -20,7 +20,7 @@ class ConvExp2d(nn.Module):
     Convolution Exponential and Generalized Sylvester Flows", NeurIPS 2020):
     ``z = exp(M) x = x + M x + M² x / 2! + …`` for a 'same'-padded k×k convolution M.
 
-    - log |det| = trace(M) = H·W·Σ_c M[c, c, centre]; the inverse is ``exp(−M) z``.
+    - ``log|det| = trace(M) = H·W·Σ_c M[c, c, centre]``; the inverse is ``exp(−M) z``.
     - The series is summed until a term is smaller than ``tolerance`` times the sum (per
       sample, relative; the default is the dtype's machine epsilon), not for a fixed count.
     - The kernel is kept small enough for fast convergence: it is rescaled so that
@@ -33,6 +33,17 @@ class ConvExp2d(nn.Module):
       inputs propagate (the training loop detects a non-finite loss).
 
     Even kernel sizes pad like ``padding='same'`` (one more on the bottom/right).
+
+    Args:
+        channels: C, a positive int.
+        kernel_size: ``k`` or ``(kh, kw)``.
+        max_norm: the bound on Σ_taps ‖W_tap‖_F (positive), or None for no limit.
+        tolerance: relative size of the last term, in (0, 1); None for machine epsilon.
+        max_terms: the series' cap (a positive int).
+        init_scale: scale of the initial weight's noise (non-negative).
+
+    Shapes: (B, C, H, W) float32 or float64 in and out; ``logdet`` is (B,). Raises
+    ``ValueError`` for a bad argument or image shape, :class:`ConvergenceError` as above.
     """
 
     def __init__(self, channels: int, kernel_size: int | tuple = 3, max_norm: float | None = 1.0,
@@ -92,12 +103,14 @@ class ConvExp2d(nn.Module):
             f"norm is too large: keep max_norm set (got {self.max_norm}) or raise max_terms")
 
     def forward(self, x):
+        """``(exp(M) x, logdet)``, ``logdet = H·W·trace`` of the centre tap (B,)."""
         m = self.kernel()
         ci, cj = self.centre
         logdet = torch.diagonal(m[:, :, ci, cj]).sum() * x.shape[2] * x.shape[3]
         return self._series(x, m, 1.0), logdet.expand(x.shape[0])
 
     def inverse(self, z):
+        """``exp(−M) z``, by the same series."""
         return self._series(z, self.kernel(), -1.0)
 
     def extra_repr(self) -> str:

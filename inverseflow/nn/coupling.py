@@ -14,6 +14,13 @@ class AffineCoupling(nn.Module):
     Dhariwal, NeurIPS 2018): the first half of the channels conditions a shift and a
     ``sigmoid(· + 2)`` scale of the second half. The network's last conv starts at zero,
     so the layer starts as the identity.
+
+    Args:
+        channels: C, at least 2 (one half conditions the other).
+        width: hidden channels of the conditioning network, a positive int.
+
+    Shapes: (B, C, H, W) in and out; ``logdet`` (B,) is Σ log sigmoid of the raw scale.
+    Raises ``ValueError`` for a bad ``channels`` or ``width``.
     """
 
     def __init__(self, channels: int, width: int):
@@ -36,6 +43,7 @@ class AffineCoupling(nn.Module):
         return shift, raw + 2.0
 
     def forward(self, x):
+        """``(z, logdet)``: the second half shifted and scaled, the first kept."""
         x_a, x_b = x[:, :self.split], x[:, self.split:]
         shift, raw = self._shift_scale(x_a)
         z_b = (x_b + shift) * torch.sigmoid(raw)
@@ -43,6 +51,7 @@ class AffineCoupling(nn.Module):
         return torch.cat([x_a, z_b], dim=1), logdet
 
     def inverse(self, z):
+        """The exact inverse (the first half is unchanged, so the network reruns on it)."""
         z_a, z_b = z[:, :self.split], z[:, self.split:]
         shift, raw = self._shift_scale(z_a)
         return torch.cat([z_a, z_b / torch.sigmoid(raw) - shift], dim=1)

@@ -9,9 +9,14 @@ from ._validate import positive_int
 
 
 class Squeeze(nn.Module):
-    """Space-to-depth by 2 (Dinh et al., "Real NVP", ICLR 2017): (C, H, W) → (4C, H/2, W/2)."""
+    """Space-to-depth by 2 (Dinh et al., "Real NVP", ICLR 2017): (C, H, W) → (4C, H/2, W/2).
+
+    ``forward(x)`` takes (B, C, H, W) with even H and W (``ValueError`` otherwise) and
+    returns ``(z, zeros(B))``; ``inverse(z)`` undoes it (C divisible by 4). Any dtype.
+    """
 
     def forward(self, x):
+        """(B, C, H, W) → ``((B, 4C, H/2, W/2), zeros(B))``."""
         b, c, h, w = x.shape
         if h % 2 or w % 2:
             raise ValueError(f"Squeeze needs even height and width, got {h}x{w}")
@@ -19,6 +24,7 @@ class Squeeze(nn.Module):
         return x.reshape(b, 4 * c, h // 2, w // 2), x.new_zeros(b)
 
     def inverse(self, z):
+        """(B, 4C, H, W) → (B, C, 2H, 2W)."""
         b, c, h, w = z.shape
         z = z.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
         return z.reshape(b, c // 4, 2 * h, 2 * w)
@@ -30,6 +36,12 @@ class Split(nn.Module):
     ``z_out = (x_b − μ(x_a)) · exp(−log σ(x_a))``, so the factored-out latent is standard
     normal under the model and the log-det carries ``−Σ log σ``. The prior's conv starts
     at zero (μ = 0, σ = 1).
+
+    Args:
+        channels: C, at least 2; ``C // 2`` are kept, the rest factored out.
+
+    Shapes: ``forward(x)`` (B, C, H, W) → ``(x_a, z_b, logdet)`` with ``x_a`` (B, C//2, H, W),
+    ``z_b`` (B, C − C//2, H, W), ``logdet`` (B,); ``inverse(x_a, z_b)`` → (B, C, H, W).
     """
 
     def __init__(self, channels: int):
@@ -50,6 +62,7 @@ class Split(nn.Module):
         return x_a, z_b, -log_std.flatten(1).sum(1)
 
     def inverse(self, x_a, z_b):
+        """Rebuilds ``x`` from the kept half and the standardised factored-out half."""
         h = self.prior(x_a)
         mean, log_std = h[:, 0::2], h[:, 1::2]
         return torch.cat([x_a, z_b * torch.exp(log_std) + mean], dim=1)
