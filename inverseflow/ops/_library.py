@@ -207,22 +207,72 @@ def _causal_conv2d_impl(x, weight, order):
 def inv_conv2d(y: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
     """The unique ``x`` with ``causal_conv2d(x, weight, order) == y``.
 
-    ``y`` is (N, C, H, W); ``weight`` is (C, C, kh, kw), or (C, C/4, kh, kw) for
-    ``order="quad"``. Differentiable in ``y`` and ``weight``. The log-determinant of the
-    map is 0. Nagar & Varma, "Parallel Backpropagation for Inverse of a Convolution with
-    Application to Normalizing Flows", AISTATS 2025.
+    The inverse of the masked, corner-padded convolution, computed by the parallel
+    wavefront solve (``H + W − 1`` dependent steps) of Nagar & Varma, "Parallel
+    Backpropagation for Inverse of a Convolution with Application to Normalizing Flows",
+    AISTATS 2025. The map's log-determinant is 0. Differentiable in ``y`` and ``weight``
+    in every mode (backward: one transposed solve plus the standard conv weight gradient,
+    saving only ``x`` and ``weight``; forward mode; ``torch.func`` transforms and
+    ``vmap``); works under ``torch.compile(fullgraph=True)``, static or dynamic shapes.
+
+    Args:
+        y: (N, C, H, W) float32 or float64, on CPU or CUDA; non-contiguous is fine.
+            bfloat16/float16 are computed in float32 and returned in their dtype; under
+            ``torch.autocast`` the result is float32.
+        weight: (C, C, kh, kw), or (C, C/4, kh, kw) for ``order="quad"``; same dtype and
+            device as ``y``. The op applies the mask M itself (the centre tap becomes unit
+            lower triangular), so any values are valid; masked entries get a zero gradient.
+        order: ``"TL"``, ``"TR"``, ``"BL"``, ``"BR"`` (the padded corner) or ``"quad"``
+            (four channel groups, solved from TL, TR, BL, BR).
+
+    Returns:
+        ``x``, shaped and typed like ``y`` (contiguous).
+
+    Raises:
+        TypeError: ``y`` or ``weight`` not a tensor, an unsupported dtype, a dtype
+            mismatch, or ``order`` not a str.
+        ValueError: wrong rank or shape, an unknown ``order``, C not divisible by 4 for
+            ``quad``, or ``y`` and ``weight`` on different devices.
+
+    The inverse is an IIR filter: with large off-centre taps ``x`` can grow exponentially
+    across the image, and inf/NaN propagate (see ``InvConv2d.stability_bound``).
     """
     check_conv_args(y, weight, order, "y")
     return _solve(_InvConv2d, y, weight, order)
 
 
 def inv_conv2d_transposed(g: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
-    """``u = T(weight)⁻ᵀ g``: the adjoint of :func:`inv_conv2d` (its backward's solve)."""
+    """``u = T(weight)⁻ᵀ g``: the adjoint of :func:`inv_conv2d` (its backward's solve).
+
+    The same wavefront solve run from the opposite corner with the channel-transposed
+    kernel (Nagar & Varma, AISTATS 2025, §3). Arguments, dtypes, errors and derivatives
+    are those of :func:`inv_conv2d`, with ``g`` (N, C, H, W) in place of ``y``; returns
+    ``u`` shaped like ``g``.
+    """
     check_conv_args(g, weight, order, "g")
     return _solve(_InvConv2dTransposed, g, weight, order)
 
 
 def causal_conv2d(x: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
-    """``conv2d(pad(x), M(weight))``: the invertible, corner-padded masked convolution."""
+    """``conv2d(pad(x), M(weight))``: the invertible, corner-padded masked convolution.
+
+    Pads ``k − 1`` rows and columns on the corner's two sides and convolves with the
+    masked weight ``M(weight)``, whose centre tap is unit lower triangular, so the map is
+    triangular with unit diagonal in the corner's pixel order: invertible for every
+    weight, with log-determinant 0 (:func:`inv_conv2d` is its inverse). It is the
+    sampling pass of an Inverse-Flow model (Nagar & Varma, AISTATS 2025). A composite op:
+    plain ``conv2d`` (oneDNN/cuDNN) under autograd, ``torch.compile`` and ``torch.export``.
+
+    Args:
+        x: (N, C, H, W) float32 or float64 (bfloat16/float16 computed in float32).
+        weight: (C, C, kh, kw), or (C, C/4, kh, kw) for ``order="quad"``.
+        order: ``"TL"``, ``"TR"``, ``"BL"``, ``"BR"`` or ``"quad"``.
+
+    Returns:
+        ``y``, shaped like ``x``. Differentiable in both (masked entries: zero gradient).
+
+    Raises:
+        TypeError, ValueError: as :func:`inv_conv2d`, naming ``x``.
+    """
     check_conv_args(x, weight, order, "x")
     return torch.ops.inverseflow.causal_conv2d(x, weight, order)
