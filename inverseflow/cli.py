@@ -74,7 +74,10 @@ def _jit(args) -> int:
     from . import jit
 
     if args.clear:
-        print(f"removed {jit.clear_cache()} cached specialization(s) from {jit.cache_dir()}")
+        cleared = jit.clear_cache()
+        print(f"removed {cleared.removed} cached specialization(s) from {jit.cache_dir()}")
+        if cleared.left:
+            print(f"left {len(cleared.left)} in place:\n    " + "\n    ".join(cleared.left))
     elif args.specialize:
         kernel, channels, pattern = args.specialize
         try:

@@ -11,31 +11,41 @@ dispatch::
 With ``INVERSEFLOW_JIT=1`` in the environment, the dispatch does this by itself, in the
 background, the first time it meets an unspecialized shape (see :mod:`._auto`).
 
-The cache lives in ``$INVERSEFLOW_CACHE`` (default ``~/.cache/inverseflow``); its key covers
-the shape, the kernel headers, templates and rendered sources, the compiler and its
-version, and the flags. ``inverseflow jit --list`` and ``inverseflow jit --clear`` manage it.
+The cache lives in ``$INVERSEFLOW_CACHE`` (default ``$XDG_CACHE_HOME/inverseflow``, else
+``~/.cache/inverseflow``); its key covers the shape, the kernel headers, templates and
+rendered sources, the compiler and its version, and the flags. It is private to its user:
+a cache folder, entry or module that another user owns or could write is never loaded
+(:mod:`._trust`). ``inverseflow jit --list`` and ``inverseflow jit --clear`` manage it.
 """
 
 from __future__ import annotations
 
 from . import _auto, _cache
 from ._auto import wait
-from ._cache import CACHE_ENV
+from ._cache import CACHE_ENV, Cleared
 from ._build import loaded, specialize
 from ._errors import CompileError, JitError, JitWarning, ToolchainError
+from ._trust import UntrustedCacheError
 
 __all__ = ["specialize", "wait", "cached", "cache_lines", "cached_specializations", "clear_cache", "cache_dir", "loaded",
-           "JitError", "ToolchainError", "CompileError", "JitWarning", "enable", "CACHE_ENV"]
+           "JitError", "ToolchainError", "CompileError", "UntrustedCacheError", "JitWarning",
+           "enable", "CACHE_ENV", "Cleared"]
 
 
 def cached() -> list[dict]:
-    """The cache's entries: shape, backend, kernels, compiler, flags, status, folder."""
+    """The cache's entries: shape, backend, kernels, compiler, flags, status (``ok``,
+    ``corrupt: ...``, ``untrusted: ...``), folder. UntrustedCacheError when the cache's
+    root or ``jit/`` folder may be written by someone else."""
     return _cache.entries()
 
 
 def cache_lines(entries: list[dict] | None = None) -> list[str]:
     """One line per cached specialization, for ``inverseflow jit --list`` and ``info``."""
-    entries = cached() if entries is None else entries
+    if entries is None:
+        try:
+            entries = cached()
+        except UntrustedCacheError as exc:
+            return [str(exc)]
     if not entries:
         return [f"no run-time specializations cached in {cache_dir()}"]
     lines = [f"{len(entries)} run-time specialization(s) cached in {cache_dir()}:"]
@@ -53,7 +63,11 @@ def cached_specializations() -> dict[str, list[dict]]:
     """The sound cache entries' kernels per backend, in the form ``inverseflow info`` lists
     the built ones (name, kernel, channels, pattern, dtype, direction), with source "jit"."""
     out: dict[str, list[dict]] = {}
-    for entry in cached():
+    try:
+        entries = cached()
+    except UntrustedCacheError:
+        return out   # nothing of it would be loaded
+    for entry in entries:
         if entry["status"] != "ok":
             continue
         out.setdefault(entry["backend"], []).extend(
@@ -64,8 +78,12 @@ def cached_specializations() -> dict[str, list[dict]]:
     return out
 
 
-def clear_cache() -> int:
-    """Removes every cached module; returns how many there were."""
+def clear_cache() -> Cleared:
+    """Removes the cached modules: only entries with a valid manifest of ours, each under
+    its lock, never following a symbolic link. Returns ``Cleared(removed, left)``: how
+    many were removed and, for anything else in the folder, why it stays.
+    UntrustedCacheError (nothing is touched) when the cache's root or ``jit/`` folder may
+    be written by someone else or is a symbolic link."""
     return _cache.clear()
 
 

@@ -2,9 +2,11 @@
 
 The dispatch calls :func:`on_unspecialized` after a generic kernel ran. The first time a
 shape shows up, one line is logged and a thread specializes it; calls keep running the
-generic kernel until the module is registered. A failure is one warning, never an
-exception into the caller's loop; after a missing toolchain, no further shape of that
-backend is tried.
+generic kernel until the module is registered. Compiles of one backend run one at a time
+(a model with ten new shapes must not start ten compilers at once). A failure is one
+warning, never an exception into the caller's loop; after a missing toolchain, no further
+shape of that backend is tried, and after a cache someone else could write (an
+``UntrustedCacheError``), no further shape at all.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ import warnings
 from ..ops import _dispatch
 from . import _build
 from ._errors import JitWarning, ToolchainError
+from ._trust import UntrustedCacheError
 
 ENV = "INVERSEFLOW_JIT"
+COMPILES_PER_BACKEND = 1   # each compile is a multi-threaded cc1plus or nvcc of its own
 
 _requested: set[tuple] = set()
 _threads: list[threading.Thread] = []
 _guard = threading.Lock()
 _gave_up: set[str] = set()   # backends without a toolchain: nothing more to try there
+_cache_refused = threading.Event()   # the cache may be written by others: nothing at all
+_slots: dict[str, threading.BoundedSemaphore] = {}   # per backend: compiles at a time
 
 
 def requested_by_environment() -> bool:
@@ -42,21 +48,35 @@ def _announce(message: str) -> None:
     logger.info(message)
 
 
-def _specialize_quietly(device_type, kh, kw, channels, order) -> None:
-    try:
-        _build.specialize((kh, kw), channels, order, device_type)
-    except Exception as exc:  # noqa: BLE001 - nothing may reach the training loop
-        if isinstance(exc, ToolchainError):
-            _gave_up.add(device_type)
-        warnings.warn(f"inverseflow.jit: could not specialize kernel {kh}x{kw}, {channels} "
-                      f"channels, {order} on {device_type}: {exc}. The generic kernel goes on.",
-                      JitWarning, stacklevel=1)
+def _first_refusal() -> bool:
+    """True for the first compile to find the cache untrusted: that one warns."""
+    with _guard:
+        first = not _cache_refused.is_set()
+        _cache_refused.set()
+    return first
+
+
+def _specialize_quietly(slot, device_type, kh, kw, channels, order) -> None:
+    with slot:
+        if device_type in _gave_up or _cache_refused.is_set():   # found while it queued
+            return
+        try:
+            _build.specialize((kh, kw), channels, order, device_type)
+        except Exception as exc:  # noqa: BLE001 - nothing may reach the training loop
+            if isinstance(exc, UntrustedCacheError):
+                if not _first_refusal():   # another backend's compile said it already
+                    return
+            elif isinstance(exc, ToolchainError):
+                _gave_up.add(device_type)
+            warnings.warn(f"inverseflow.jit: could not specialize kernel {kh}x{kw}, "
+                          f"{channels} channels, {order} on {device_type}: {exc}. The generic "
+                          "kernel goes on.", JitWarning, stacklevel=1)
 
 
 def on_unspecialized(device_type: str, kh: int, kw: int, channels: int, order: str) -> None:
     """The dispatch hook: starts one background specialization per new shape."""
     shape = (device_type, kh, kw, channels, order)
-    if shape in _requested or device_type in _gave_up:
+    if shape in _requested or device_type in _gave_up or _cache_refused.is_set():
         return
     try:
         with _guard:
@@ -66,7 +86,10 @@ def on_unspecialized(device_type: str, kh: int, kw: int, channels: int, order: s
             _announce(f"specializing kernel {kh}x{kw}, {channels} channels, {order} on "
                       f"{device_type} in the background; the generic kernel runs until it "
                       "is ready")
-            thread = threading.Thread(target=_specialize_quietly, args=shape, daemon=True,
+            slot = _slots.setdefault(device_type,
+                                     threading.BoundedSemaphore(COMPILES_PER_BACKEND))
+            thread = threading.Thread(target=_specialize_quietly, args=(slot, *shape),
+                                      daemon=True,
                                       name=f"inverseflow.jit {kh}x{kw} c{channels} {order}")
             _threads.append(thread)
             thread.start()
@@ -78,9 +101,10 @@ def on_unspecialized(device_type: str, kh: int, kw: int, channels: int, order: s
 def _after_fork_in_child() -> None:
     """A forked child (e.g. a DataLoader worker) has none of the parent's threads: fresh
     locks; shapes the parent already asked for stay asked for (the child runs them generic)."""
-    global _guard, _threads
+    global _guard, _threads, _slots
     _guard = threading.Lock()
     _threads = []
+    _slots = {}
 
 
 if hasattr(os, "register_at_fork"):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import importlib.util
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -23,6 +25,7 @@ log = logging.getLogger("inverseflow.jit")
 _loaded: dict[tuple, tuple] = {}          # (backend, shape) -> (module, kernel names)
 _key_locks: dict[tuple, threading.Lock] = {}
 _key_locks_guard = threading.Lock()
+_compilers: set[subprocess.Popen] = set()   # compiles in flight, killed at exit
 
 
 def _codegen():
@@ -93,6 +96,53 @@ def _key_payload(layer, backend, toolchain, rendered: dict, render) -> dict:
     }
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kills the compiler and what it started (cc1plus, as, ld, cicc, ptxas): its group."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass   # the whole group has exited already
+
+
+@atexit.register
+def _kill_compilers_at_exit() -> None:
+    """A background compile (INVERSEFLOW_JIT=1) runs in a daemon thread, which exit does not
+    unwind: its compiler, in a group of its own, must not outlive the process."""
+    for proc in list(_compilers):
+        _kill_group(proc)
+
+
+def _run_compiler(cmd: list[str], cwd: Path) -> tuple[int | str, str]:
+    """Runs one compile in a process group of its own; on a timeout, Ctrl-C or any other
+    exception, the whole group is killed, so that no cc1plus is left running."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    _compilers.add(proc)
+    try:
+        try:
+            output, _ = proc.communicate(timeout=COMPILE_TIMEOUT_S)
+            return proc.returncode, output
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            output, _ = proc.communicate()   # the group is dead: its pipe ends at once
+            return "timeout", f"killed after {COMPILE_TIMEOUT_S} s\n{output or ''}"
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    finally:
+        _compilers.discard(proc)
+
+
+def cache_key(layer, backend: str) -> tuple:
+    """``(toolchain, rendered sources, key, entry name)`` of one layer shape's module."""
+    _, render = _codegen()
+    toolchain = _toolchain.for_backend(backend)
+    rendered = render.render_layer(layer, backend)
+    key = _cache.make_key(_key_payload(layer, backend, toolchain, rendered, render))
+    return toolchain, rendered, key, f"{layer.stem}_{backend}_{key[:16]}"
+
+
 def _compile(layer, backend, toolchain, rendered, render, entry_name, key) -> Path:
     """Compiles into a fresh workspace, writes the manifest last; returns the workspace."""
     workspace = _cache.new_workspace(entry_name)
@@ -107,12 +157,7 @@ def _compile(layer, backend, toolchain, rendered, render, entry_name, key) -> Pa
                                 [f"IFLOW_HAS_{layer.stem}", f"IFLOW_JIT_MODULE={entry_name}"])
         log.debug("compiling %s with %s", describe(layer, backend), Path(toolchain.compiler).name)
         start = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, cwd=workspace, capture_output=True, text=True,
-                                  timeout=COMPILE_TIMEOUT_S)
-            returncode, output = proc.returncode, proc.stdout + proc.stderr
-        except subprocess.TimeoutExpired as exc:
-            returncode, output = "timeout", f"{exc}"
+        returncode, output = _run_compiler(cmd, workspace)
         seconds = time.perf_counter() - start
         build_log = " ".join(cmd) + "\n\n" + output
         (workspace / "build.log").write_text(build_log)
@@ -172,7 +217,8 @@ def specialize(kernel_size, channels, pattern, device="cpu") -> list[str]:
 
     Renders codegen's templates for the shape (both dtypes, both directions), compiles them
     with the compiler and flags the installed build used, caches the module under
-    ``$INVERSEFLOW_CACHE`` (default ``~/.cache/inverseflow``), loads it and adds it to the
+    ``$INVERSEFLOW_CACHE`` (default ``$XDG_CACHE_HOME/inverseflow`` or
+    ``~/.cache/inverseflow``), loads it and adds it to the
     dispatch, so that the next ``inv_conv2d`` of that shape on ``device`` runs it.
 
     Args:
@@ -188,7 +234,9 @@ def specialize(kernel_size, channels, pattern, device="cpu") -> list[str]:
     Raises:
         codegen's ``SpecError`` (a ValueError) for an invalid shape, unchanged;
         ``ValueError`` for an unknown device; ``JitError`` (a RuntimeError) when there is no
-        compiler (``ToolchainError``) or the compile fails (``CompileError``).
+        compiler (``ToolchainError``), the compile fails (``CompileError``) or a cache
+        folder, entry or module belongs to someone else or others can write it
+        (``UntrustedCacheError``: the message names it and the fix).
     """
     backend = check_device(device)
     layer = layer_for(kernel_size, channels, pattern)
@@ -200,11 +248,8 @@ def specialize(kernel_size, channels, pattern, device="cpu") -> list[str]:
         if shape in _loaded:
             return list(_loaded[shape][1])
         _, render = _codegen()
-        toolchain = _toolchain.for_backend(backend)
-        rendered = render.render_layer(layer, backend)
-        key = _cache.make_key(_key_payload(layer, backend, toolchain, rendered, render))
-        entry_name = f"{layer.stem}_{backend}_{key[:16]}"
-        entry = _cache.jit_dir() / entry_name
+        toolchain, rendered, key, entry_name = cache_key(layer, backend)
+        entry = _cache.trusted_jit_dir() / entry_name
         manifest, _ = _cache.inspect(entry, key)
         if manifest is None:
             with _cache.lock(entry_name):

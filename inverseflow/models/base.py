@@ -14,7 +14,9 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def bits_per_dim(log_prob, dim: int):
-    """bits/dim of 8-bit data from the log-density of its dequantised version in [0,1]^D."""
+    """bits/dim of 8-bit data from the log-density of its dequantised version in [0,1]^D:
+    ``(−log_prob + D·log 256) / (D·log 2)`` (Theis et al., ICLR 2016). ``log_prob`` is a
+    tensor (B,) or a number; ``dim`` is D = C·H·W."""
     return (-log_prob + dim * math.log(256)) / (dim * math.log(2))
 
 
@@ -31,26 +33,34 @@ class ImageFlow(nn.Module):
     Subclasses set ``image_shape``, ``dequantize`` and ``logit`` and implement
     ``_encode(x) -> (z, logdet)`` (inputs already checked) and ``decode(z)``.
     ``encode(x)`` returns ``(z, logdet)`` with ``logdet = log|det dz/dx|``.
+
+    Images are float tensors (B, C, H, W) in the model's dtype (float32 unless the model
+    was converted); latents are (B, D) with D = C·H·W. Inputs of the wrong shape, dtype
+    or range raise ``ValueError``/``TypeError`` naming the argument.
     """
 
     image_shape: tuple[int, int, int]
 
     @property
     def dim(self) -> int:
+        """D = C·H·W, the latent size."""
         return math.prod(self.image_shape)
 
     @property
     def device(self) -> torch.device:
+        """The parameters' device."""
         return next(self.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The parameters' dtype, which inputs must have."""
         return next(self.parameters()).dtype
 
     def _encode(self, x):
         raise NotImplementedError
 
     def decode(self, z):
+        """Latent (B, D) → images (B, C, H, W) in [0, 1]: the sampling pass."""
         raise NotImplementedError
 
     def forward(self, x_uint8, generator: torch.Generator | None = None):
@@ -66,10 +76,13 @@ class ImageFlow(nn.Module):
         self.bits_per_dim(x_uint8, generator)
 
     def encode(self, x):
+        """Images (B, C, H, W) → ``(z, logdet)``: z (B, D), ``logdet = log|det dz/dx|`` (B,).
+        ``x`` must lie in the logit's open domain (slightly wider than [0, 1])."""
         check_images(x, self.image_shape, self.dtype, logit_alpha=self.logit.alpha)
         return self._encode(x)
 
     def log_prob(self, x):
+        """Log-density (B,) of images in [0, 1] (``ValueError`` outside): the density pass."""
         # One range check (the density's [0, 1]), not a second one inside encode.
         check_images(x, self.image_shape, self.dtype)
         z, logdet = self._encode(x)
@@ -87,6 +100,10 @@ class ImageFlow(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None):
+        """``n`` images (n, C, H, W) in [0, 1] from latents ``temperature · N(0, I)``.
+
+        ``n`` is any integer-like count ≥ 1 and ``temperature`` a finite positive number
+        (``ValueError``/``TypeError`` otherwise); ``generator`` makes it reproducible."""
         n = positive_count(n, "n")
         temperature = check_temperature(temperature)
         z = torch.randn(n, self.dim, generator=generator, device=self.device) * temperature

@@ -39,6 +39,16 @@ class ConvFlow(ImageFlow):
 
     The interface is :class:`InverseFlow`'s: ``encode``/``decode``/``log_prob``/``sample``
     and the bits/dim helpers the training loop uses.
+
+    Args:
+        image_shape: (C, H, W); H and W divisible by ``2**(blocks − 1)``.
+        blocks, steps: positive ints (the paper: 3 blocks of 16 layers).
+        kernel_size: k of the convolutions (the paper: 2).
+        layer: ``"inverse"``, ``"finc"``, ``"emerging"`` or ``"conv-exp"``.
+        activation: ``"smooth-leaky-relu"`` or ``"spline"``.
+
+    Raises ``ValueError`` for a bad size, an unknown layer or activation, or a
+    ``solve_on`` that the layer cannot take.
     """
 
     def __init__(self, image_shape, blocks: int, steps: int, kernel_size: int = 2,
@@ -103,6 +113,7 @@ class ConvFlow(ImageFlow):
         return h.flatten(1), logdet
 
     def decode(self, z):
+        """Latent (B, D) → images (B, C, H, W) in [0, 1] (the sampling pass)."""
         check_latents(z, self.dim, self.dtype)
         h = z.reshape(z.shape[0], *self.latent_shape)
         for layer in reversed(self.layers):

@@ -63,6 +63,22 @@ class InverseFlow(ImageFlow):
     ``"conv-exp"``, or None for none (Glow). ``step_layout`` is ``"glow"`` (ActNorm →
     k×k → 1×1 → coupling, the default) or ``"paper"`` (ActNorm → k×k → spline →
     coupling, the step of the paper's released code).
+
+    Args:
+        image_shape: (C, H, W); H and W divisible by ``2**levels``.
+        levels: L, the number of scales (squeeze, K steps, split).
+        steps: K, flow steps per level.
+        kernel_size: k of the k×k layer, or None for no k×k layer.
+        coupling_width: hidden width of the couplings' networks.
+        solve_on: ``"density"`` (Inverse-Flow) or ``"sampling"`` (FInC/Emerging).
+        order: corner order of the k×k layer, ``"quad"`` by default.
+        logit_alpha: the logit preprocessing's margin, in [0, 0.5).
+        layer, step_layout: as above.
+
+    Raises:
+        ValueError: a non-positive ``levels``/``steps``/``coupling_width``, an image size
+            not divisible by ``2**levels``, or an unknown ``layer``/``step_layout``/
+            ``order``/``solve_on``.
     """
 
     def __init__(self, image_shape, levels: int, steps: int, kernel_size: int | None = 3,
@@ -145,6 +161,8 @@ class InverseFlow(ImageFlow):
         return torch.cat(latents, dim=1), logdet
 
     def decode(self, z):
+        """Latent (B, D) → images (B, C, H, W) in [0, 1]; with ``solve_on="density"`` only
+        plain convolutions (the fast sampling pass)."""
         check_latents(z, self.dim, self.dtype)
         sizes = [math.prod(s) for s in self.latent_shapes]
         pieces = [p.reshape(z.shape[0], *s) for p, s in zip(z.split(sizes, dim=1),
@@ -161,7 +179,11 @@ class InverseFlow(ImageFlow):
 
 class Glow(InverseFlow):
     """The Glow baseline (Kingma & Dhariwal, NeurIPS 2018): the same multi-scale flow
-    with invertible 1×1 convolutions only (no k×k layer)."""
+    with invertible 1×1 convolutions only (no k×k layer).
+
+    Takes :class:`InverseFlow`'s arguments except the k×k layer's (``kernel_size``,
+    ``solve_on``, ``order``, ``layer``), which raise ``ValueError`` if given.
+    """
 
     # Options of the k×k layer, which Glow does not have: giving one is a mistake.
     KXK_OPTIONS = ("kernel_size", "solve_on", "order", "layer")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from .convflow import ConvFlow
 from .flow import Glow, InverseFlow
 
+#: The Glow-backbone sizes per dataset name (``from_preset(name)``): ``image_shape``, L
+#: ``levels``, K ``steps`` and ``coupling_width``; MNIST follows the paper (L=2, K=16, 512).
 PRESETS = {
     "digits": dict(image_shape=(1, 8, 8), levels=2, steps=4, coupling_width=64),
     "mnist": dict(image_shape=(1, 28, 28), levels=2, steps=16, coupling_width=512),
@@ -15,6 +17,7 @@ PRESETS = {
 }
 
 # The CNN backbone (DESIGN §10): the paper's if_cnn_mnist has 3 blocks of 16 layers, 2×2.
+#: The CNN-backbone sizes per dataset name (``from_preset(name, model="convflow")``).
 CONVFLOW_PRESETS = {
     "digits": dict(image_shape=(1, 8, 8), blocks=3, steps=4, kernel_size=2),
     "mnist": dict(image_shape=(1, 28, 28), blocks=3, steps=16, kernel_size=2),
@@ -24,6 +27,7 @@ CONVFLOW_PRESETS = {
     "imagenet64": dict(image_shape=(3, 64, 64), blocks=4, steps=16, kernel_size=2),
 }
 
+#: Model classes by the name that ``from_preset``, ``build_model`` and checkpoints use.
 MODELS = {"inverseflow": InverseFlow, "glow": Glow, "convflow": ConvFlow}
 
 
