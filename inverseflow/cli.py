@@ -137,9 +137,7 @@ def _experiment(args) -> int:
         raise ValueError("give NAME, --dataset and --out (or --list)")
     sizes = {k: getattr(args, k) for k in ("levels", "blocks", "flow_steps", "coupling_width",
                                            "activation")}
-    fields = {k: getattr(args, k) for k in ("data_dir", "batch_size", "lr", "warmup", "seed",
-                                            "device", "checkpoint_every", "eval_limit",
-                                            "resume")}
+    fields = {k: getattr(args, k) for k in experiments.RUN_FIELDS}
     config = experiments.train_config(args.name, args.dataset, args.out, args.steps,
                                       args.time_budget, sizes, progress=not args.quiet, **fields)
     metrics = experiments.run(args.name, config)
@@ -162,9 +160,9 @@ def _eval(args) -> int:
     if tuple(data.image_shape) != tuple(model.image_shape):
         raise ValueError(f"the checkpoint models {tuple(model.image_shape)} images, "
                          f"{args.dataset} has {tuple(data.image_shape)}")
-    bpd = evaluate(model, data.test, args.batch_size, limit=args.limit)
-    print(f"test bits/dim on {args.dataset}: {bpd:.4f} "
-          f"({min(len(data.test), args.limit or len(data.test))} images, step {state['step']})")
+    bpd = evaluate(model, data.test, args.batch_size, limit=args.eval_limit)
+    images = min(len(data.test), args.eval_limit or len(data.test))
+    print(f"test bits/dim on {args.dataset}: {bpd:.4f} ({images} images, step {state['step']})")
     return 0
 
 
@@ -179,8 +177,8 @@ def _sample(args) -> int:
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out must be a .png file, got {args.out!r}")
     check_device(args.device)
-    prepare_output_file(args.out)
     model, _ = load_trained(args.checkpoint, args.device)
+    prepare_output_file(args.out)   # after the checkpoint: a bad one leaves no folder
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     images = model.sample(args.num, args.temperature, generator=gen)
     print(f"wrote {save_grid(images, args.out)}")
@@ -225,20 +223,40 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_run_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
-    """The options a training run shares between `train` and `experiment`."""
+def _seed(text: str) -> int:
+    from .train.loop import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text}")
+    return value
+
+
+def _add_run_options(parser: argparse.ArgumentParser, batch_size: int,
+                     fields=None) -> None:
+    """The options a training run shares between `train` and `experiment`; ``fields``:
+    the TrainConfig fields the command sets (for --resume's help), None for all."""
     from .train.resume_flags import allowed_changes
 
     parser.add_argument("--batch-size", type=_positive, default=batch_size, help="per process")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--checkpoint-every", type=_positive, default=200)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (Adam)")
+    parser.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    parser.add_argument("--grad-clip", type=_positive_float, default=100.0,
+                        help="clip the gradients' global 2-norm to this before each step "
+                             "(default 100)")
+    parser.add_argument("--seed", type=_seed, default=0,
+                        help="seed of the initialisation, batch order and noise (0 to 2**32-1)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where to train")
+    parser.add_argument("--checkpoint-every", type=_positive, default=200,
+                        help="write OUT/checkpoint.pt every N steps")
     parser.add_argument("--eval-limit", type=_positive, help="evaluate on the first N test images")
     parser.add_argument("--resume", action="store_true",
                         help="continue OUT/checkpoint.pt; the other flags must match the run's, "
-                             f"except {allowed_changes()}")
+                             f"except {allowed_changes(fields)}")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -266,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     length = train.add_mutually_exclusive_group(required=True)
     length.add_argument("--steps", type=_positive, help="total optimizer steps")
     length.add_argument("--epochs", type=_positive, help="total epochs")
-    train.add_argument("--model", default="inverseflow", choices=["inverseflow", "glow"])
+    train.add_argument("--model", default="inverseflow", choices=["inverseflow", "glow"],
+                       help="inverseflow (k×k inverse convolutions) or the glow 1×1 baseline")
     train.add_argument("--solve-on", choices=["density", "sampling"],
                        help="density (default): Inverse-Flow placement; sampling: "
                             "FInC/Emerging (k×k models only, not glow)")
@@ -278,12 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--flow-steps", type=_positive, help="override the preset's K")
     train.add_argument("--coupling-width", type=_positive, help="override the preset's width")
     _add_run_options(train, batch_size=64)
-    train.add_argument("--lr-final", type=float, default=1e-4)
+    train.add_argument("--lr-final", type=float, default=1e-4,
+                       help="learning rate the exponential decay ends at")
     train.add_argument("--eval-batch-size", type=_positive, default=500,
                        help="images per evaluation batch")
     train.add_argument("--time-budget", type=float, help="stop training after this many seconds")
-    train.add_argument("--num-samples", type=_positive, default=64)
-    train.add_argument("--temperature", type=_positive_float, default=0.7)
+    train.add_argument("--num-samples", type=_positive, default=64,
+                       help="samples in OUT/samples.png")
+    train.add_argument("--temperature", type=_positive_float, default=0.7,
+                       help="scale of the samples' latent standard deviation")
     train.add_argument("--tensorboard", action="store_true",
                        help="also write TensorBoard event files (losses, test bits/dim, samples) "
                             "to OUT/tensorboard; needs the tensorboard package")
@@ -293,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("name", nargs="?", metavar="NAME", help="see --list")
     experiment.add_argument("--list", action="store_true", help="list the experiments")
     experiment.add_argument("--dataset", help="digits, mnist, fashion-mnist, cifar10, ...")
-    experiment.add_argument("--data-dir")
+    experiment.add_argument("--data-dir", help="folder holding the dataset files (cifar10, imagenet*)")
     experiment.add_argument("--out", help="run folder (as for train)")
     experiment.add_argument("--steps", type=_positive, help="optimizer steps (a cap with --time-budget)")
     experiment.add_argument("--time-budget", type=float, help="stop after this many seconds")
@@ -303,25 +325,34 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--coupling-width", type=_positive, help="Glow backbone: override the width")
     experiment.add_argument("--activation", choices=["smooth-leaky-relu", "spline"],
                             help="CNN backbone: the activation")
-    _add_run_options(experiment, batch_size=100)
+    from .train.experiments import COMMAND_FIELDS
+
+    _add_run_options(experiment, batch_size=100, fields=COMMAND_FIELDS)
     experiment.set_defaults(run=_experiment)
 
     evaluate = sub.add_parser("eval", help="test bits/dim of a checkpoint")
-    evaluate.add_argument("--checkpoint", required=True)
-    evaluate.add_argument("--dataset", required=True)
-    evaluate.add_argument("--data-dir")
-    evaluate.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    evaluate.add_argument("--batch-size", type=_positive, default=500)
-    evaluate.add_argument("--limit", type=_positive, help="first N test images only")
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint.pt that train wrote")
+    evaluate.add_argument("--dataset", required=True,
+                          help="whose test images: digits, mnist, fashion-mnist, cifar10, ...")
+    evaluate.add_argument("--data-dir", help="folder holding the dataset files (cifar10, imagenet*)")
+    evaluate.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                          help="where to evaluate")
+    evaluate.add_argument("--batch-size", type=_positive, default=500,
+                          help="images per evaluation batch")
+    evaluate.add_argument("--eval-limit", "--limit", dest="eval_limit", type=_positive,
+                          help="evaluate on the first N test images (as train's --eval-limit; "
+                               "--limit is its old name)")
     evaluate.set_defaults(run=_eval)
 
     sample = sub.add_parser("sample", help="write a grid of samples as PNG")
-    sample.add_argument("--checkpoint", required=True)
-    sample.add_argument("--num", type=_positive, default=64)
+    sample.add_argument("--checkpoint", required=True, help="a checkpoint.pt that train wrote")
+    sample.add_argument("--num", type=_positive, default=64, help="how many samples")
     sample.add_argument("--out", required=True, help="FILE.png")
-    sample.add_argument("--temperature", type=_positive_float, default=0.7)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    sample.add_argument("--temperature", type=_positive_float, default=0.7,
+                        help="scale of the latent's standard deviation (1: the model's)")
+    sample.add_argument("--seed", type=_seed, default=0, help="seed of the latents (0 to 2**32-1)")
+    sample.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where to sample")
     sample.set_defaults(run=_sample)
 
     export = sub.add_parser("export", help="export the sampler (noise -> images) to "
@@ -373,6 +404,10 @@ def main(argv=None) -> int:
         # A training run turns Ctrl-C into a checkpoint and says so (train.guards).
         print(f"inverseflow {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"inverseflow {args.command}: error: out of memory (MemoryError); use a smaller "
+              "model, batch or dataset, or a machine with more memory", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
         from .train.loop import TrainingDiverged   # only now: `info` needs no training code
 
