@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .convflow import ConvFlow
 from .flow import Glow, InverseFlow
+from .size import check_flow_steps
 
 #: The Glow-backbone sizes per dataset name (``from_preset(name)``): ``image_shape``, L
 #: ``levels``, K ``steps`` and ``coupling_width``; MNIST follows the paper (L=2, K=16, 512).
@@ -40,6 +41,7 @@ def from_preset(name: str, model: str = "inverseflow", **overrides):
         raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
     table = CONVFLOW_PRESETS if model == "convflow" else PRESETS
     config = {**table[name], **{k: v for k, v in overrides.items() if v is not None}}
+    check_flow_steps(model, config)
     return MODELS[model](**config)
 
 
@@ -56,6 +58,7 @@ def build_model(config: dict):
         for key, legacy in _GLOW_LEGACY_KXK.items():
             if key in config and config[key] == legacy:
                 del config[key]
+    check_flow_steps(kind, config)
     return MODELS[kind](**config)
 
 

@@ -94,6 +94,14 @@ _SIZE_KEYS = {"glow": {"levels": "levels", "flow_steps": "steps",
 PAPER_BATCH_SIZE = 100
 UNLIMITED_STEPS = 10**9
 
+# The TrainConfig fields `inverseflow experiment` takes from the run options it shares with
+# `train`; with its own (steps, time budget, out, --quiet, the model's options) they are
+# every field it sets, which a refused --resume may name.
+RUN_FIELDS = ("data_dir", "batch_size", "lr", "warmup", "grad_clip", "seed", "device",
+              "checkpoint_every", "eval_limit", "resume")
+COMMAND_FIELDS = frozenset(RUN_FIELDS + ("steps", "time_budget", "out", "progress",
+                                         "model_options"))
+
 
 def get(name: str) -> Experiment:
     if name not in EXPERIMENTS:
@@ -133,7 +141,7 @@ def train_config(name: str, dataset: str, out: str, steps: int | None = None,
 
 def run(name: str, config: TrainConfig) -> dict:
     """Trains ``config`` and adds the experiment's name and notes to metrics.json."""
-    metrics = train(config)
+    metrics = train(config, command_fields=COMMAND_FIELDS)
     if metrics:
         experiment = get(name)
         metrics.update(experiment=name, paper_name=experiment.paper_name,

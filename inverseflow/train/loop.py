@@ -20,13 +20,19 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
                          save_json)
-from ..data import load_dataset
-from ..models import build_model, from_preset
+from ..data import DATASETS, load_dataset
+from ..models import build_model, from_preset, size
 from ..models.timing import placement_timings
 from . import guards, preflight
 from .grids import save_grid
+from .quoting import clip, quote
 from .resume_flags import check_resume_flags
 from .tensorboard_log import TensorBoardLog
+
+
+# Seeds are 32-bit, so that the ones derived from them (per epoch, per step and rank)
+# stay within the 64 bits torch.Generator.manual_seed takes.
+MAX_SEED = 2**32 - 1
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,6 +87,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be finite and positive, got {value!r}")
+        if (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                or not 0 <= self.seed <= MAX_SEED):
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got "
+                             f"{quote(self.seed)}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget must be positive seconds, got {self.time_budget!r}")
         if self.device not in ("cpu", "cuda"):
@@ -152,25 +162,46 @@ def _build(config: TrainConfig, image_shape):
                             order=config.order, kernel_size=config.kernel_size,
                             levels=config.levels, steps=config.flow_steps,
                             coupling_width=config.coupling_width)
-    if tuple(model.image_shape) != tuple(image_shape):
+    if image_shape is not None and tuple(model.image_shape) != tuple(image_shape):
         raise ValueError(f"preset image shape {model.image_shape} != data {tuple(image_shape)}")
     return model
 
 
-def train(config: TrainConfig) -> dict:
-    """Runs (or resumes) a training run; returns the metrics written to metrics.json."""
+def train(config: TrainConfig, command_fields=None) -> dict:
+    """Runs (or resumes) a training run; returns the metrics written to metrics.json.
+    ``command_fields``: the TrainConfig fields the caller's command line sets, so that a
+    refused --resume names only its flags (None: every field has a flag, as in ``train``)."""
     config.validate()
     device = torch.device(config.device)
+    if config.tensorboard:
+        preflight.check_tensorboard(config.out)
+    if not config.resume:   # a resumed run's model comes from its checkpoint
+        _check_model_options(config)
+    # Everything above fails without leaving a folder behind; what fails from here until
+    # the run writes its first file (the data, a resumed checkpoint) removes what it made.
+    created = preflight.missing_folders(config.out)
     preflight.prepare_run_folder(config.out)
     ctx = distributed.setup(device.type)
     try:
         with guards.InterruptRequest() as interrupt:
-            return _train(config, device, ctx, interrupt)
+            return _train(config, device, ctx, interrupt, command_fields)
+    except BaseException:
+        preflight.remove_empty_folders(created)
+        raise
     finally:
         distributed.teardown(ctx)
 
 
-def _train(config: TrainConfig, device, ctx, interrupt=None) -> dict:
+def _check_model_options(config: TrainConfig) -> None:
+    """The model's options and size, on the meta device (no memory, no data yet)."""
+    if config.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; valid names: "
+                         f"{', '.join(DATASETS)}")
+    skeleton = size.meta_model(lambda: _build(config, image_shape=None))
+    size.check_tensor_elements(skeleton)
+
+
+def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None) -> dict:
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT_NAME
     data = load_dataset(config.dataset, config.data_dir)
@@ -186,14 +217,16 @@ def _train(config: TrainConfig, device, ctx, interrupt=None) -> dict:
         if state["dataset"] != config.dataset or state["model_config"]["model"] != config.model:
             raise ValueError(f"{ckpt_path} is a {state['model_config']['model']} run on "
                              f"{state['dataset']}, not {config.model} on {config.dataset}")
-        check_resume_flags(state["train_config"], dataclasses.asdict(config), ckpt_path)
+        check_resume_flags(state["train_config"], dataclasses.asdict(config), ckpt_path,
+                           command_fields)
         model = restore_model(state, ckpt_path, device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         try:
             optimizer.load_state_dict(state["optimizer"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{ckpt_path} is malformed: its optimizer state does not "
-                                  f"fit the model ({type(exc).__name__}: {exc})") from None
+                                  f"fit the model ({type(exc).__name__}: {clip(exc, 400)})"
+                                  ) from None
         start_step, losses = state["step"], list(state["losses"])
         train_seconds, initial_bpd = state["train_seconds"], state["initial_test_bpd"]
         if start_step >= total_steps:
@@ -331,14 +364,34 @@ def _train(config: TrainConfig, device, ctx, interrupt=None) -> dict:
 
 
 def restore_model(state: dict, path, device="cpu"):
-    """Rebuilds the model a loaded checkpoint describes; errors name ``path``."""
+    """Rebuilds the model a loaded checkpoint describes; errors name ``path``.
+
+    The model is first built on the meta device (no memory) and its tensor names and
+    shapes compared with the checkpoint's, so a ``model_config`` that asks for more than
+    the file holds is refused before anything is allocated for it."""
     try:
+        skeleton = size.meta_model(lambda: build_model(state["model_config"]))
+        size.check_tensor_elements(skeleton)
+        _check_tensor_shapes(skeleton.state_dict(), state["model"])
         model = build_model(state["model_config"])
         model.load_state_dict(state["model"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
         raise CheckpointError(f"{path} is malformed: its model_config and model state do not "
-                              f"build a model ({type(exc).__name__}: {exc})") from None
+                              f"build a model ({type(exc).__name__}: {clip(exc, 400)})") from None
     return model.to(device)
+
+
+def _check_tensor_shapes(expected: dict, weights: dict) -> None:
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing or unexpected:
+        raise ValueError(f"the config's model has {len(missing)} tensor(s) the file lacks "
+                         f"{quote(missing[:3])} and the file {len(unexpected)} it does not "
+                         f"take {quote(unexpected[:3])}")
+    for key, tensor in expected.items():
+        if tuple(tensor.shape) != tuple(weights[key].shape):
+            raise ValueError(f"{quote(key)} has shape {tuple(weights[key].shape)} in the file, "
+                             f"but {tuple(tensor.shape)} in the model its config builds")
 
 
 def load_trained(checkpoint: str, device: str = "cpu"):

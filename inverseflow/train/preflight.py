@@ -40,6 +40,37 @@ def prepare_run_folder(out, flag: str = "--out") -> Path:
     return path
 
 
+def missing_folders(out) -> list[Path]:
+    """The folders that creating ``out`` would make, deepest first."""
+    path = Path(out).absolute()
+    return [folder for folder in (path, *path.parents) if not folder.exists()]
+
+
+def remove_empty_folders(folders) -> None:
+    """Removes ``folders`` (deepest first) while they are empty: what a run that failed
+    before writing anything created."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:   # not empty, or gone: keep it and everything above
+            return
+
+
+def check_tensorboard(out, flag: str = "--tensorboard") -> None:
+    """For a run that logs to OUT/tensorboard: that path can be a folder, and the
+    tensorboard package is installed; checked before any data or model is loaded."""
+    from .tensorboard_log import check_available
+
+    path = Path(out) / "tensorboard"
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"{flag} writes to the folder {path}, but {folder} is a file; "
+                                 "move it or choose another --out")
+            break
+    check_available()
+
+
 def prepare_output_file(out, flag: str = "--out") -> Path:
     """For an output file: its folder is created if missing; it must not be a folder."""
     path = Path(out)

@@ -9,6 +9,8 @@ each flag with both values.
 
 from __future__ import annotations
 
+from .quoting import quote
+
 # TrainConfig fields that may differ from the checkpoint's on --resume.
 MAY_CHANGE_ON_RESUME = {
     "steps": "--steps", "epochs": "--epochs",               # how long
@@ -22,17 +24,22 @@ MAY_CHANGE_ON_RESUME = {
 _FLAG_NAMES = {"model_options": "the experiment's model options"}
 
 
-def allowed_changes() -> str:
-    """The flags that may change on --resume, for messages and --help."""
-    return ", ".join(sorted(set(MAY_CHANGE_ON_RESUME.values()) - {"--resume"}))
+def allowed_changes(fields=None) -> str:
+    """The flags that may change on --resume, for messages and --help. ``fields``: the
+    TrainConfig fields a command's flags set (``inverseflow experiment`` sets fewer than
+    ``train``), so that only flags the command has are named; None for all."""
+    return ", ".join(sorted({flag for field, flag in MAY_CHANGE_ON_RESUME.items()
+                             if fields is None or field in fields} - {"--resume"}))
 
 
-def flag_name(field: str) -> str:
+def flag_name(field: str, fields=None) -> str:
+    if fields is not None and field not in fields:
+        return f"{field} (set by `inverseflow train`; this command has no flag for it)"
     return MAY_CHANGE_ON_RESUME.get(field) or _FLAG_NAMES.get(field) or (
         "--" + field.replace("_", "-"))
 
 
-def differing_flags(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+def differing_flags(saved: dict, current: dict, fields=None) -> list[tuple[str, object, object]]:
     """``(flag, value in the checkpoint, value now)`` for each field that must not change
     on resume but does. Fields one side lacks (an older or newer version) are skipped."""
     out = []
@@ -40,21 +47,24 @@ def differing_flags(saved: dict, current: dict) -> list[tuple[str, object, objec
         if field in MAY_CHANGE_ON_RESUME:
             continue
         if _normalise(saved[field]) != _normalise(current[field]):
-            out.append((flag_name(field), saved[field], current[field]))
+            out.append((flag_name(field, fields), saved[field], current[field]))
     return out
 
 
-def check_resume_flags(saved: dict, current: dict, checkpoint_path) -> None:
-    """Raises ValueError listing every flag that differs from the checkpoint's run."""
-    diffs = differing_flags(saved, current)
+def check_resume_flags(saved: dict, current: dict, checkpoint_path, fields=None) -> None:
+    """Raises ValueError listing every flag that differs from the checkpoint's run;
+    ``fields`` as for :func:`allowed_changes`. ``saved`` comes from a checkpoint that
+    ``load_checkpoint`` checked (flat values, bounded in size); quotes are capped still."""
+    diffs = differing_flags(saved, current, fields)
     if not diffs:
         return
-    lines = "\n".join(f"  {flag}: {old!r} in the checkpoint, {new!r} now"
+    lines = "\n".join(f"  {flag}: {quote(old)} in the checkpoint, {quote(new)} now"
                       for flag, old, new in diffs)
     raise ValueError(
         f"cannot resume {checkpoint_path}: these flags differ from the run it continues, and "
         f"an exact replay needs them unchanged:\n{lines}\n"
-        f"rerun with the checkpoint's values (only {allowed_changes()} may change on --resume)")
+        f"rerun with the checkpoint's values (only {allowed_changes(fields)} may change on "
+        "--resume)")
 
 
 def _normalise(value):

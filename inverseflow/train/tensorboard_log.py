@@ -17,6 +17,15 @@ from .grids import make_grid
 INSTALL_HINT = "pip install tensorboard (or pip install 'inverseflow[tensorboard]')"
 
 
+def check_available() -> None:
+    """Raises RuntimeError, saying how to install it, when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(f"--tensorboard needs the tensorboard package ({exc}); "
+                           f"{INSTALL_HINT}") from None
+
+
 class TensorBoardLog:
     """Losses, learning rate, test bits/dim and sample grids of one run, under ``log_dir``.
 
@@ -30,11 +39,9 @@ class TensorBoardLog:
         self.writer = None
         if log_dir is None:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise RuntimeError(f"--tensorboard needs the tensorboard package ({exc}); "
-                               f"{INSTALL_HINT}") from None
+        check_available()
+        from torch.utils.tensorboard import SummaryWriter
+
         purge = resume_step + 1 if resume_step else None   # keep the checkpoint's own step
         self.writer = SummaryWriter(str(log_dir), purge_step=purge)
         # An interrupted or diverged run still leaves its events on disk.
