@@ -65,6 +65,14 @@ class InvConv2dTransform(Transform):
             or float64. The ops apply the mask, so any values are valid. Gradients flow to it.
         order: ``"TL"``, ``"TR"``, ``"BL"``, ``"BR"`` (the padded corner) or ``"quad"``.
         cache_size: 0 or 1, as for every ``Transform``.
+
+    Shapes: images ``(..., C, H, W)`` in and out (the batch dimensions are folded into
+    one for the ops); ``log_abs_det_jacobian`` returns zeros of the batch shape.
+
+    Raises:
+        TypeError: ``weight`` not a float32/float64 tensor, or images not a tensor.
+        ValueError: a ``weight`` shape that does not fit ``order``, an unknown ``order``,
+            or images with fewer than 3 dimensions or the wrong channel count.
     """
 
     bijective = True
@@ -106,9 +114,11 @@ class InvConv2dTransform(Transform):
         return self._apply_images(inv_conv2d, x, "x")
 
     def log_abs_det_jacobian(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Zeros of shape ``z.shape[:-3]``: the masked centre tap makes ``log|det J| = 0``."""
         return z.new_zeros(z.shape[:-EVENT_DIM])
 
     def with_cache(self, cache_size: int = 1) -> "InvConv2dTransform":
+        """The same transform (sharing the weight) with ``cache_size`` 0 or 1."""
         if self._cache_size == cache_size:
             return self
         # Shares the weight (a module's Parameter included), so gradients still reach it.
@@ -143,6 +153,9 @@ class InvConv2dModule(InvConv2dTransform, nn.Module):
         kernel_size: ``k`` or ``(kh, kw)``.
         order: ``"quad"`` (default, as in ``InvConv2d``), ``"TL"``, ``"TR"``, ``"BL"``, ``"BR"``.
         init_scale: scale of the off-center taps' initial noise, as in ``InvConv2d``.
+
+    Raises ``ValueError`` for a non-positive ``channels`` and as :class:`InvConv2d` for the
+    other arguments; images are checked as in :class:`InvConv2dTransform`.
     """
 
     def __init__(self, channels: int, kernel_size: int | tuple = 3, order: str = "quad",

@@ -31,6 +31,16 @@ class InvConv2dFlow(_nf.flows.Flow):
     and ``forward`` (sampling) is a plain convolution. ``solve_on="sampling"`` is the FInC
     Flow / Emerging placement, the other way round. The layer is an
     :class:`inverseflow.nn.InvConv2d` (``self.conv``) with the same arguments.
+
+    Args:
+        channels: C (divisible by 4 for ``quad``).
+        kernel_size: ``k`` or ``(kh, kw)``.
+        order: ``"quad"`` (default), ``"TL"``, ``"TR"``, ``"BL"`` or ``"BR"``.
+        solve_on: ``"density"`` or ``"sampling"``.
+        init_scale: scale of the off-centre taps' initial noise.
+
+    Shapes: (B, C, H, W) float32 or float64 in and out; the log-det is zeros (B,).
+    Raises ``ValueError``/``TypeError`` as :class:`inverseflow.nn.InvConv2d` and the ops do.
     """
 
     def __init__(self, channels: int, kernel_size: int | tuple = 3, order: str = "quad",
