@@ -2,6 +2,11 @@
 the ordinary loop (tiny sizes) and writes the extra metrics; the CLI lists and runs them."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +134,115 @@ def test_remeasure_times_every_trained_run_round_robin(tmp_path):
     assert "s / step in run" in text and "round-robin" in text
     row = next(line for line in text.splitlines() if line.startswith("| glow "))
     assert f"{result['median_ms']['glow']['sampling']:.0f} ms" in row
+
+
+def _fake_run(runs, name, steps, requested=None, batch=100):
+    run = runs / name
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.json").write_text(json.dumps({
+        "dataset": "mnist", "steps": steps, "requested_steps": requested or steps,
+        "batch_size": batch, "test_images": 100, "initial_test_bpd": 7.0, "test_bpd": 3.0,
+        "parameters": 10, "seconds_per_step": 0.5, "solve_on": None,
+        "pass_timings_ms": {"batch_100": {}}}))
+
+
+def test_paper_tables_show_each_rows_steps_and_mark_unequal_budgets(tmp_path):
+    from inverseflow.train import paper_tables
+
+    _fake_run(tmp_path, "glow", 100)
+    _fake_run(tmp_path, "if-glow", 300)
+    _fake_run(tmp_path, "if-cnn", 250, requested=300)      # stopped by a time budget
+    text = paper_tables.markdown(tmp_path)
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip()
+            for line in text.splitlines() if line.startswith("| ") and "`" in line}
+    assert rows["glow"] == "100" and rows["if-glow"] == "300"
+    assert rows["if-cnn"] == "250 of 300 asked"
+    assert "UNEQUAL" in text.splitlines()[0] and "equal for every row" not in text
+    assert "steps: 100, 250, 300" in text
+
+    for name in ("if-glow", "if-cnn"):
+        _fake_run(tmp_path, name, 100)
+    text = paper_tables.markdown(tmp_path)
+    assert "UNEQUAL" not in text and "**Budget (equal for every row):** 100 Adam steps" in text
+
+
+def _tiny_glow_run(runs, steps, resume=False):
+    config = experiments.train_config("glow", "digits", str(runs / "glow"), steps=steps,
+                                      sizes=TINY["glow"], batch_size=16, eval_limit=16,
+                                      eval_batch_size=16, num_samples=4, warmup=1,
+                                      progress=False, resume=resume)
+    return experiments.run("glow", config)
+
+
+def test_paper_tables_plan_extends_finished_rows_or_refuses(tmp_path):
+    from inverseflow.train import paper_tables
+
+    _tiny_glow_run(tmp_path, 2)
+    others = {name: "train" for name in experiments.EXPERIMENTS if name != "glow"}
+    assert paper_tables.plan(tmp_path, 2) == {**others, "glow": "done"}
+    # A larger budget extends the finished row by --resume (it used to stay "done already"
+    # at its old budget, under a header stating the new one).
+    assert paper_tables.plan(tmp_path, 3)["glow"] == "resume"
+    assert _tiny_glow_run(tmp_path, 3, resume=True)["steps"] == 3
+    assert paper_tables.plan(tmp_path, 3)["glow"] == "done"
+    with pytest.raises(ValueError, match="glow: trained for 3 steps, more than 2"):
+        paper_tables.plan(tmp_path, 2)
+    (tmp_path / "glow" / "checkpoint.pt").unlink()
+    with pytest.raises(ValueError, match="no checkpoint.pt to extend"):
+        paper_tables.plan(tmp_path, 4)
+    assert paper_tables.main([str(tmp_path), "--plan", "4"]) == 2
+
+
+def test_remeasure_reads_the_data_folder_the_run_was_trained_from(tmp_path, monkeypatch):
+    # cifar10 and imagenet are read from a folder: --remeasure used to call load_dataset
+    # without it. It now takes --data-dir, and falls back to the run's own.
+    from inverseflow.train import paper_tables
+
+    _tiny_glow_run(tmp_path, 1)
+    seen, real_load = [], paper_tables.load_dataset
+    monkeypatch.setattr(paper_tables, "load_dataset",
+                        lambda name, folder=None: seen.append(folder) or real_load(name))
+    state = load_checkpoint(tmp_path / "glow" / "checkpoint.pt")
+    paper_tables.remeasure(tmp_path, batch=4, repeats=1)
+    assert seen == [state["train_config"]["data_dir"]]
+    assert paper_tables.main([str(tmp_path), "--remeasure", "--data-dir", "/data/here",
+                              "--out", str(tmp_path / "t.md")]) == 0
+    assert seen[-1] == "/data/here"
+
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "paper_tables.sh"
+
+
+def _script(tmp_path, *args):
+    env = {**os.environ, "PYTHON": sys.executable, "EXPERIMENTS": "glow",
+           "EXTRA": "--batch-size 16 --eval-limit 16 --warmup 1",
+           "GLOW_EXTRA": "--levels 1 --flow-steps 1 --coupling-width 8"}
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          timeout=900)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_paper_tables_script_extends_rows_to_a_larger_budget(tmp_path):
+    docs_table = SCRIPT.parent.parent / "docs" / "paper-tables.md"
+    before = docs_table.read_bytes() if docs_table.exists() else None
+    runs = tmp_path / "runs"
+    first = _script(tmp_path, "1", "digits", str(runs))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _script(tmp_path, "2", "digits", str(runs))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads((runs / "glow" / "metrics.json").read_text())["steps"] == 2
+    table = (runs / "paper-tables.md").read_text()     # beside the runs by default
+    row = next(line for line in table.splitlines() if line.startswith("| glow "))
+    assert row.split("|")[3].strip() == "2"
+    command = next(line for line in table.splitlines() if "**Command:**" in line)
+    for part in ("EXTRA='--batch-size 16 --eval-limit 16 --warmup 1'",
+                 "GLOW_EXTRA='--levels 1 --flow-steps 1 --coupling-width 8'",
+                 "EXPERIMENTS=glow", f"scripts/paper_tables.sh 2 digits {runs} "
+                 f"{runs}/paper-tables.md"):
+        assert part in command, part
+    # Asked for fewer steps than a row has: refused before anything runs.
+    third = _script(tmp_path, "1", "digits", str(runs), str(tmp_path / "t.md"))
+    assert third.returncode == 2 and "cannot be shortened" in third.stderr
+    assert not (tmp_path / "t.md").exists()
+    after = docs_table.read_bytes() if docs_table.exists() else None
+    assert after == before                              # written only when named

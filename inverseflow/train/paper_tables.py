@@ -2,8 +2,15 @@
 ``scripts/paper_tables.sh``: bits/dim, parameters, time per step and the time to sample
 100 images, one row per named experiment, with the run's budget and honest notes.
 
-Usage: ``python -m inverseflow.train.paper_tables RUNS --out docs/paper-tables.md
-[--remeasure] [--wall-seconds S] [--command TEXT] [--note TEXT ...]``
+Usage: ``python -m inverseflow.train.paper_tables RUNS --out TABLE.md [--remeasure]
+[--data-dir DIR] [--wall-seconds S] [--command TEXT] [--note TEXT ...]``, or
+``python -m inverseflow.train.paper_tables RUNS --plan STEPS``, which prints what each row
+needs to reach exactly STEPS steps (``train``, ``resume`` or ``done``) and refuses (exit 2)
+when a row cannot: a finished row is extended by an exact ``--resume``, never kept at an
+older budget, and a row past STEPS cannot be shortened.
+
+Every row shows the steps its run actually took; when they differ the table says so in its
+title and budget line instead of calling the budget equal.
 
 The times a run writes are taken while it runs, each model at a different moment; on a
 shared machine they are not comparable. ``--remeasure`` therefore times every trained
@@ -18,6 +25,7 @@ import argparse
 import datetime
 import json
 import platform
+import sys
 from pathlib import Path
 
 import statistics
@@ -56,6 +64,52 @@ def rows(runs: Path) -> dict[str, dict]:
     return out
 
 
+def _checkpoint_step(run: Path) -> int | None:
+    path = run / "checkpoint.pt"
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path} is malformed: its step is {step!r}")
+    return step
+
+
+def plan(runs: Path, steps: int) -> dict[str, str]:
+    """What each experiment's run under ``runs`` needs to have trained exactly ``steps``
+    steps: ``"train"`` (no run yet), ``"resume"`` (a checkpoint short of ``steps``, finished
+    or not: an exact ``--resume`` extends it) or ``"done"`` (finished at ``steps``). Raises
+    ValueError naming every row that cannot get there, before anything is trained."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"STEPS must be a positive integer, got {steps!r}")
+    actions, problems = {}, []
+    for name in EXPERIMENTS:
+        run = runs / name
+        finished = json.loads((run / "metrics.json").read_text()).get("steps") if (
+            run / "metrics.json").exists() else None
+        step = _checkpoint_step(run)
+        if step is None:
+            if finished is not None:
+                problems.append(f"{name}: {run}/metrics.json has no checkpoint.pt to extend")
+            actions[name] = "train"
+        elif step > steps:
+            problems.append(f"{name}: trained for {step} steps, more than {steps}; a run cannot "
+                            f"be shortened (give STEPS >= {step}, or another OUT folder)")
+        elif step < steps:
+            actions[name] = "resume"
+        elif finished == steps:
+            actions[name] = "done"
+        else:
+            problems.append(f"{name}: its checkpoint is at step {steps} but its metrics.json "
+                            f"{'is missing' if finished is None else f'says {finished} steps'} "
+                            f"(the run stopped during its final evaluation); remove {run} to "
+                            "train it again")
+    if problems:
+        raise ValueError(f"cannot bring every row of {runs} to {steps} steps:\n  "
+                         + "\n  ".join(problems))
+    return actions
+
+
 SIZE_KEYS = {"glow": ("levels", "steps", "coupling_width", "kernel_size"),
              "cnn": ("blocks", "steps", "kernel_size", "activation")}
 
@@ -71,18 +125,21 @@ def model_size(runs: Path, names: list[str], backbone: str) -> str | None:
     return None
 
 
-def remeasure(runs: Path, batch: int = 100, repeats: int = 5, threads: int = 1) -> dict:
+def remeasure(runs: Path, batch: int = 100, repeats: int = 5, threads: int = 1,
+              data_dir: str | None = None) -> dict:
     """Median ms of a training step (forward, backward, Adam), the density pass and the
     sampling pass on a batch of ``batch``, for every trained run under ``runs``, timed
     round-robin in this process with ``threads`` torch threads; written to
-    ``runs/remeasured.json``."""
+    ``runs/remeasured.json``. The images come from ``data_dir``, or else the folder each
+    run was trained from (datasets such as cifar10 are read from a folder)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         cases = {}
         for name in rows(runs):
             model, state = load_trained(str(runs / name / "checkpoint.pt"))
-            images = load_dataset(state["dataset"]).train[:batch]
+            folder = data_dir or (state.get("train_config") or {}).get("data_dir")
+            images = load_dataset(state["dataset"], folder).train[:batch]
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
             gen = torch.Generator().manual_seed(0)
             with torch.no_grad():
@@ -118,6 +175,25 @@ def remeasure(runs: Path, batch: int = 100, repeats: int = 5, threads: int = 1) 
     return result
 
 
+BUDGET_KEYS = (("steps", "steps"), ("batch_size", "batch"), ("dataset", "dataset"),
+               ("test_images", "test images"))
+
+
+def unequal_budget(found: dict[str, dict]) -> dict[str, list]:
+    """For each budget field (steps taken, batch, dataset, test images) on which the rows'
+    metrics differ, its distinct values in order; empty when the budget is equal."""
+    differing = {}
+    for key, label in BUDGET_KEYS:
+        values = {m.get(key) for m in found.values()}
+        try:
+            values = sorted(values)
+        except TypeError:    # a row without the field (None) beside numbers
+            values = sorted(values, key=str)
+        if len(values) > 1:
+            differing[label] = values
+    return differing
+
+
 def _fmt(value, spec, missing="—"):
     return missing if value is None else format(value, spec)
 
@@ -128,17 +204,26 @@ def markdown(runs: Path, wall_seconds: float | None = None, command: str | None 
     first = next(iter(found.values()), {})
     again = (json.loads((runs / REMEASURED).read_text())
              if (runs / REMEASURED).exists() else None)
-    lines = ["# The paper's tables, reproduced at a short equal budget", ""]
+    differing = unequal_budget(found)
+    title = ("# The paper's tables, reproduced at a short equal budget" if not differing else
+             "# The paper's tables, at UNEQUAL budgets (compare rows only at equal steps)")
+    lines = [title, ""]
     lines += [f"- **Date:** {datetime.date.today().isoformat()}. **Machine:** "
               f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, "
               f"torch {torch.__version__}, Python {platform.python_version()}."]
     if command:
         lines.append(f"- **Command:** `{command}`.")
-    if first:
-        lines.append(f"- **Budget (equal for every row):** {first.get('requested_steps')} Adam "
+    if first and not differing:
+        lines.append(f"- **Budget (equal for every row):** {first.get('steps')} Adam "
                      f"steps of batch {first.get('batch_size')}, seed 0, dataset "
                      f"`{first.get('dataset')}`; bits/dim on {first.get('test_images')} test "
                      "images with fixed dequantisation noise.")
+    elif differing:
+        spread = "; ".join(f"{label}: {', '.join(map(str, values))}"
+                           for label, values in differing.items())
+        lines.append(f"- **Budget: UNEQUAL across rows** ({spread}); each row's steps are in "
+                     "its steps column. Bring every row to one budget with "
+                     "`scripts/paper_tables.sh STEPS` (an exact --resume of each run).")
     if wall_seconds is not None:
         lines.append(f"- **Wall time of the whole script:** {wall_seconds / 60:.1f} min.")
     for note in notes or []:
@@ -164,25 +249,27 @@ def markdown(runs: Path, wall_seconds: float | None = None, command: str | None 
         if size:
             lines += [f"Model size (every row of this table): {size}.", ""]
         if again:
-            lines += ["| experiment | paper's name | test bits/dim (step 0 → end) | parameters "
-                      "| s / step | sampling 100 images | density pass, 100 images "
-                      "| s / step in run |", "|---|---|---|---|---|---|---|---|"]
+            lines += ["| experiment | paper's name | steps | test bits/dim (step 0 → end) "
+                      "| parameters | s / step | sampling 100 images | density pass, 100 images "
+                      "| s / step in run |", "|---|---|---|---|---|---|---|---|---|"]
         else:
-            lines += ["| experiment | paper's name | test bits/dim (step 0 → end) | parameters "
-                      "| s / step | sampling 100 images | density pass, 100 images |",
-                      "|---|---|---|---|---|---|---|"]
+            lines += ["| experiment | paper's name | steps | test bits/dim (step 0 → end) "
+                      "| parameters | s / step | sampling 100 images | density pass, 100 images |",
+                      "|---|---|---|---|---|---|---|---|"]
         for name, experiment in EXPERIMENTS.items():
             if experiment.backbone != backbone:
                 continue
             m = found.get(name)
             if m is None:
-                lines.append(f"| {name} | `{experiment.paper_name}` | not run (see notes) "
+                lines.append(f"| {name} | `{experiment.paper_name}` | | not run (see notes) "
                              "| | | | |")
                 continue
             passes = _passes_100(m) or {}
-            steps_note = "" if m["steps"] == m["requested_steps"] else f" ({m['steps']} steps)"
-            head = (f"| {name} | `{experiment.paper_name}` | {m['initial_test_bpd']:.3f} → "
-                    f"**{m['test_bpd']:.3f}**{steps_note} | {m['parameters']:,} | ")
+            steps = f"{m['steps']:,}" + ("" if m["steps"] == m["requested_steps"] else
+                                         f" of {m['requested_steps']:,} asked")
+            head = (f"| {name} | `{experiment.paper_name}` | {steps} | "
+                    f"{m['initial_test_bpd']:.3f} → **{m['test_bpd']:.3f}** | "
+                    f"{m['parameters']:,} | ")
             timed = (again or {}).get("median_ms", {}).get(name)
             if again and timed:
                 lines.append(head + f"{timed['step'] / 1e3:.3f} | {timed['sampling']:.0f} ms | "
@@ -206,16 +293,32 @@ def markdown(runs: Path, wall_seconds: float | None = None, command: str | None 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", help="folder holding one run folder per experiment")
-    parser.add_argument("--out", required=True, help="markdown file to write")
+    parser.add_argument("--plan", type=int, metavar="STEPS",
+                        help="print what each row needs to reach exactly STEPS steps (train, "
+                             "resume or done), or refuse; writes nothing")
+    parser.add_argument("--out", help="markdown file to write (required without --plan)")
     parser.add_argument("--remeasure", action="store_true",
                         help="time every trained model again, round-robin, one thread")
-    parser.add_argument("--wall-seconds", type=float)
-    parser.add_argument("--command")
-    parser.add_argument("--note", action="append", default=[])
+    parser.add_argument("--data-dir", help="folder holding the dataset files, for --remeasure "
+                                           "(default: the folder each run was trained from)")
+    parser.add_argument("--wall-seconds", type=float, help="wall time of the runs, for the notes")
+    parser.add_argument("--command", help="the command that made the runs, quoted in the table")
+    parser.add_argument("--note", action="append", default=[], help="a note line (repeatable)")
     args = parser.parse_args(argv)
-    if args.remeasure:
-        remeasure(Path(args.runs))
-    text = markdown(Path(args.runs), args.wall_seconds, args.command, args.note)
+    if args.plan is None and not args.out:
+        parser.error("give --out TABLE.md (or --plan STEPS)")
+    runs = Path(args.runs)
+    try:
+        if args.plan is not None:
+            for name, action in plan(runs, args.plan).items():
+                print(name, action)
+            return 0
+        if args.remeasure:
+            remeasure(runs, data_dir=args.data_dir)
+        text = markdown(runs, args.wall_seconds, args.command, args.note)
+    except (ValueError, OSError) as exc:     # CheckpointError is a ValueError
+        print(f"paper_tables: error: {exc}", file=sys.stderr)
+        return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(f"wrote {args.out}")
