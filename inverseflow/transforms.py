@@ -140,7 +140,8 @@ class InvConv2dTransform(Transform):
 
 
 class InvConv2dModule(InvConv2dTransform, nn.Module):
-    """:class:`InvConv2dTransform` as an ``nn.Module`` that owns its weight.
+    """:class:`InvConv2dTransform` as an ``nn.Module`` that owns its weight (the Inverse-Flow
+    layer of Nagar & Varma, AISTATS 2025, for ``torch.distributions`` and Pyro).
 
     The weight is initialised like :class:`inverseflow.nn.InvConv2d` (identity plus small
     noise). Use it in ``torch.distributions`` or ``pyro.distributions.TransformedDistribution``

@@ -28,7 +28,10 @@ def check_image_shape(image_shape) -> tuple[int, int, int]:
 
 
 class ImageFlow(nn.Module):
-    """A flow on (C, H, W) images in [0, 1] with a standard normal latent of size D.
+    """A flow on (C, H, W) images in [0, 1] with a standard normal latent of size D: the
+    multi-scale image flows of Real NVP (Dinh et al., ICLR 2017) and Glow (Kingma &
+    Dhariwal, NeurIPS 2018), the base of the Inverse-Flow models (Nagar & Varma, AISTATS
+    2025).
 
     Subclasses set ``image_shape``, ``dequantize`` and ``logit`` and implement
     ``_encode(x) -> (z, logdet)`` (inputs already checked) and ``decode(z)``.

@@ -31,8 +31,9 @@ class Squeeze(nn.Module):
 
 
 class Split(nn.Module):
-    """Factors out half the channels with a learned conditional Gaussian prior (Real NVP;
-    Glow's ``split2d``), folded in as an affine standardisation:
+    """Factors out half the channels with a learned conditional Gaussian prior (Dinh et
+    al., "Real NVP", ICLR 2017; Glow's ``split2d``, Kingma & Dhariwal, NeurIPS 2018),
+    folded in as an affine standardisation:
     ``z_out = (x_b − μ(x_a)) · exp(−log σ(x_a))``, so the factored-out latent is standard
     normal under the model and the log-det carries ``−Σ log σ``. The prior's conv starts
     at zero (μ = 0, σ = 1).
