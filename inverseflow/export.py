@@ -55,6 +55,11 @@ class ExportError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
+    """What :func:`export_sampler` wrote: the file, its format, its inputs' names and
+    per-image noise shapes ``(C, H, W)``, the batch (None: any), the temperature, whether the
+    program calls ``torch.ops.inverseflow`` (solve on sampling), and its largest relative
+    error against the model's ``decode`` on fresh noise."""
+
     path: Path
     format: str
     input_names: tuple[str, ...]
