@@ -68,7 +68,8 @@ class BlurStabilityWarning(RuntimeWarning):
 
 def _check_order(order) -> str:
     if not isinstance(order, str):
-        raise TypeError(f"order must be a str, one of {', '.join(CORNERS)}; got {type(order).__name__}")
+        raise TypeError(f"order must be a str, one of {', '.join(CORNERS)}; got "
+                        f"{type(order).__name__}")
     if order not in CORNERS:
         raise ValueError(f"order must be one of {', '.join(CORNERS)} (a blur has one channel, "
                          f"so there is no 'quad'); got {order!r}")
@@ -256,11 +257,15 @@ def calibrate(sharp: Tensor, blurred: Tensor, kernel_size, order: str = "TL", *,
 
     The loss is measured on the restoration, the quantity one wants small; a blur too
     unstable to invert gives an infinite loss, which the line search steps back from.
+
+    ``blurred`` must be ``blur(sharp, k)`` as a whole image (zero beyond the border). A crop
+    of a larger blurred image is not: its edges toward the corner mix in pixels from
+    outside the crop, and the inverse carries that error across the whole crop.
     """
     _check_order(order)
     sharp = _check_image(sharp, "sharp")
     blurred = _check_image(blurred, "blurred")
-    if sharp.shape != blurred.shape or sharp.dtype != blurred.dtype or sharp.device != blurred.device:
+    if (sharp.shape, sharp.dtype, sharp.device) != (blurred.shape, blurred.dtype, blurred.device):
         raise ValueError(f"sharp and blurred must have the same shape, dtype and device; got "
                          f"{tuple(sharp.shape)} {sharp.dtype} {sharp.device} and "
                          f"{tuple(blurred.shape)} {blurred.dtype} {blurred.device}")
@@ -351,11 +356,13 @@ def psnr(estimate: Tensor, truth: Tensor, data_range: float = 1.0) -> float:
 
 def load_image(name: str, dtype: torch.dtype = torch.float64) -> Tensor:
     """A photograph bundled with scikit-image (``skimage.data.<name>()``, e.g. ``camera``,
-    ``astronaut``, ``coffee``; :data:`PHOTOGRAPHS`) as a (C, H, W) tensor in [0, 1]. Needs the ``deblur`` extra."""
+    ``astronaut``, ``coffee``; :data:`PHOTOGRAPHS`) as a (C, H, W) tensor in [0, 1]. Needs
+    the ``deblur`` extra."""
     try:
         from skimage import data
     except ImportError as err:
-        raise ImportError("load_image needs scikit-image: pip install 'inverseflow[deblur]'") from err
+        raise ImportError("load_image needs scikit-image: pip install 'inverseflow[deblur]'"
+                          ) from err
     if name not in PHOTOGRAPHS:
         raise ValueError(f"name must be one of {', '.join(PHOTOGRAPHS)}; got {name!r}")
     array = getattr(data, name)()
@@ -371,4 +378,5 @@ def load_image(name: str, dtype: torch.dtype = torch.float64) -> Tensor:
 
 
 __all__ = ["blur", "deblur", "calibrate", "Calibration", "fft_deconvolve", "leading_tap",
-           "stability_ratio", "inverse_gain", "PHOTOGRAPHS", "psnr", "load_image", "UnstableBlurError", "BlurStabilityWarning"]
+           "stability_ratio", "inverse_gain", "PHOTOGRAPHS", "psnr", "load_image",
+           "UnstableBlurError", "BlurStabilityWarning"]

@@ -132,7 +132,8 @@ def test_inverse_gain_is_the_dense_inverse_inf_norm(order, rng):
     assert float(D.deblur(worst, kernel, order, max_growth=math.inf).abs().max()) == \
         pytest.approx(expected, rel=1e-9)
     y = torch.randn(8, h, w, generator=rng, dtype=torch.float64)
-    growth = D.deblur(y, kernel, order, max_growth=math.inf).abs().amax((1, 2)) / y.abs().amax((1, 2))
+    restored = D.deblur(y, kernel, order, max_growth=math.inf)
+    growth = restored.abs().amax((1, 2)) / y.abs().amax((1, 2))
     assert float(growth.max()) <= expected * (1 + 1e-9)
 
 
@@ -259,3 +260,13 @@ IMAGE = torch.rand(6, 6, dtype=torch.float64)
 def test_bad_arguments_are_named(call, error, words):
     with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
         call()
+
+
+def test_the_readme_example_runs():
+    pytest.importorskip("skimage")
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n## Deblurring\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    exec(compile(code, "README deblurring example", "exec"), {})
