@@ -258,7 +258,7 @@ class Sampler(nn.Module):
 
     def forward(self, *noise):
         """Images (B, C, H, W) in [0, 1] from one standard-normal tensor per latent,
-        ``noise_i`` of shape (B, *noise_shapes(model)[i])."""
+        ``noise_i`` of shape ``(B, *noise_shapes(model)[i])``."""
         z = torch.cat([n.flatten(1) for n in noise], dim=1) * self.temperature
         return self.flow.decode(z).clamp(0, 1)
 

@@ -100,7 +100,7 @@ class SplineActivation(nn.Module):
         bins: spline bins, at least 2 (the paper's code uses 5).
         bound: the spline acts on [−bound, bound], positive.
 
-    Shapes: ``forward(x)`` and ``inverse(y)`` take (B, *shape) float tensors (``ValueError``
+    Shapes: ``forward(x)`` and ``inverse(y)`` take ``(B, *shape)`` float tensors (``ValueError``
     naming the argument otherwise) and keep the shape; ``logdet`` is (B,).
     """
 
