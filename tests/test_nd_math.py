@@ -99,6 +99,21 @@ def test_the_wavefront_solve_is_the_inverse_in_sum_n_minus_d_plus_1_steps(case, 
     assert planes == sum(shape) - d + 1
 
 
+def test_the_folded_form_factors_out_the_centre(case):
+    """T = (L ⊗ I) · T(W') with W'_t = L⁻¹ W_t and an identity centre: the one-phase
+    recurrence x[p] = L⁻¹y[p] − Σ_t W'_t x[p + off_t]."""
+    d, shape, kernel, corner, channels, weight = case
+    masked = O.mask(weight, corner)
+    centre = (slice(None), slice(None)) + O.center(corner, kernel)
+    lower = masked[centre]
+    folded = torch.einsum("ab,bc...->ac...", torch.linalg.inv(lower), masked)
+    torch.testing.assert_close(folded[centre], torch.eye(channels, dtype=torch.float64))
+    n = int(torch.tensor(shape).prod())
+    block = torch.kron(lower, torch.eye(n, dtype=torch.float64))
+    torch.testing.assert_close(block @ O.dense(folded, corner, shape),
+                               O.dense(weight, corner, shape), rtol=1e-12, atol=1e-12)
+
+
 def test_no_schedule_has_fewer_steps(case):
     """With every tap nonzero, the longest dependency chain is one plane per step: a
     position's level is exactly its hyperplane s = Σ q_i (axes with k_i = 1 collapse)."""
