@@ -270,3 +270,27 @@ def test_the_readme_example_runs():
     section = readme.split("\n## Deblurring\n", 1)[1].split("\n## ", 1)[0]
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     exec(compile(code, "README deblurring example", "exec"), {})
+
+
+def test_the_demo_script_runs_quick(tmp_path):
+    pytest.importorskip("skimage")
+    pytest.importorskip("matplotlib")
+    import importlib.util
+    import json
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "scripts" / "deblur_demo.py"
+    spec = importlib.util.spec_from_file_location("deblur_demo", script)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    threads = torch.get_num_threads()
+    try:
+        assert demo.main(["--quick", "--out", str(tmp_path), "--figure",
+                          str(tmp_path / "deblur.png")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "deblur.json").read_text())
+    assert "refused" in result["non_blind"]["corner_gaussian/camera"]
+    assert result["non_blind"]["decaying/camera"]["restored_psnr_f64"] > 200
+    assert (tmp_path / "deblur.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        demo.main(["--rounds", "0"])
