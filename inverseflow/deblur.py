@@ -138,7 +138,7 @@ def blur(image: Tensor, kernel: Tensor, order: str = "TL") -> Tensor:
 
 
 def stability_ratio(kernel: Tensor, order: str = "TL") -> float:
-    """ρ = Σ_{t≠0} |k_t / k₀|: the README's stability bound (``InvConv2d.stability_bound``)
+    """``ρ = Σ_{t≠0} |k_t / k₀|``: the README's stability bound (``InvConv2d.stability_bound``)
     for the single-channel kernel ``kernel / k₀``. ρ < 1 guarantees
     ``max|x| ≤ max|y| / (|k₀| (1 − ρ))`` at every image size; it is sufficient, not
     necessary (a smooth decaying blur often has ρ > 1 and a tame inverse)."""
@@ -226,9 +226,10 @@ def deblur(blurred: Tensor, kernel: Tensor, order: str = "TL", *,
 
 @dataclass(frozen=True)
 class Calibration:
-    """A kernel learned by :func:`calibrate`: ``kernel`` (kh, kw) in the blur's own scale
-    (leading tap included), the final mean squared restoration error ``loss``, and the
-    loss after each optimizer step."""
+    """A kernel learned by :func:`calibrate` through the inverse's parallel backward
+    (Nagar & Varma, AISTATS 2025): ``kernel`` (kh, kw) in the blur's own scale (leading tap
+    included), the final mean squared restoration error ``loss``, and the loss after each
+    L-BFGS step, ``losses``."""
 
     kernel: Tensor
     loss: float

@@ -27,6 +27,7 @@ PUBLIC_MODULES = {
     "inverseflow.integrations.normflows": "api/integrations.md",
     "inverseflow.jit": "api/jit.md",
     "inverseflow.export": "api/export.md",
+    "inverseflow.deblur": "api/deblur.md",
 }
 # nn.Module's repr hook: documented by torch, shown by repr(), not part of our API.
 HOOKS = {"extra_repr"}
