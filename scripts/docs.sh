@@ -13,7 +13,6 @@ rm -rf docs/_build
 # two threads stall at every OpenMP barrier (docs/benchmarks.md), and the tutorials
 # print timings measured at this thread count.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-export MPLBACKEND=Agg
 start=$(date +%s)
 .venv/bin/python -m sphinx -W --keep-going -b html -d docs/_build/doctrees docs docs/_build/html
 echo "docs: built docs/_build/html in $(( $(date +%s) - start )) s (tutorials executed)"

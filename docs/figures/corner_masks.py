@@ -9,7 +9,7 @@ from footprint import draw_grid, footprint
 
 C = 4
 weight = torch.full((C, C, 3, 3), 0.5, dtype=torch.float64)
-fig, axes = plt.subplots(2, 4, figsize=(10, 5.2))
+fig, axes = plt.subplots(2, 4, figsize=(10, 5.8))
 for col, order in enumerate(["TL", "TR", "BL", "BR"]):
     reads = footprint(order, kernel=3, size=5).numpy()
     ax = axes[0, col]
@@ -29,4 +29,4 @@ for col, order in enumerate(["TL", "TR", "BL", "BR"]):
     draw_grid(ax, C, C)
 axes[0, 0].set_ylabel("pixels read")
 axes[1, 0].set_ylabel("channels")
-fig.tight_layout()
+fig.tight_layout(h_pad=1.5)
