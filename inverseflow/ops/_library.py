@@ -4,7 +4,9 @@ Registered once, here, with ``torch.library``: kernels (CPU, CUDA) through
 :mod:`inverseflow.ops._dispatch`, fake kernels for ``torch.compile``, a batching rule for
 ``vmap``, and autograd following DESIGN.md §2: the backward of the inverse is a transposed
 solve plus the standard conv weight gradient, so it saves only ``x`` and ``weight``; the
-forward-mode tangent is one more solve plus a causal conv with the weight's tangent.
+forward-mode tangent is one more solve plus a causal conv with the weight's tangent. All
+three ops compute in float32 at the least (DESIGN.md §12, :mod:`._precision`): an autocast
+rule on each op, and float32 copies for bfloat16/float16 inputs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
-from . import _dispatch, _geometry
+from . import _dispatch, _geometry, _precision
+from ._precision import LOW_PRECISION
 from ._validate import check_conv_args
 
 
@@ -29,6 +32,9 @@ _LIB = torch.library.Library("inverseflow", "IMPL")
 
 def _solve_kernel(direction, arg_name):
     def kernel(y, weight, order):
+        if y.dtype in LOW_PRECISION:   # DESIGN §12: computed in float32, returned in y's dtype
+            check_conv_args(y, weight, order, arg_name)
+            return _dispatch.solve(y.float(), weight.float(), order, direction)[0].to(y.dtype)
         return _dispatch.solve(y, weight, order, direction)[0]
 
     def fake(y, weight, order):
@@ -136,12 +142,19 @@ def _autograd_kernel(op, function, public_name):
     torch.func transforms must meet the Function in Python, before the dispatcher (the
     public functions do that); at this level it can no longer take part in them.
     """
+    arg_name = "g" if function is _InvConv2dTransposed else "y"
+
     def kernel(keyset, a, weight, order):
         if torch._C._are_functorch_transforms_active():
             raise RuntimeError(
                 f"torch.ops.inverseflow.{op.__name__.split('.')[0]} was called directly under a "
                 f"torch.func transform (grad, jacrev, jacfwd, jvp, vmap, hessian); call "
                 f"{public_name} instead, which supports them")
+        if a.dtype in LOW_PRECISION:
+            # Float32 copies, cast back: autograd records both casts, so the Function runs
+            # in float32 and the gradients come back in the inputs' dtype (DESIGN §12).
+            check_conv_args(a, weight, order, arg_name)
+            return op(a.float(), weight.float(), order).to(a.dtype)
         if _needs_autograd(a, weight):
             return function.apply(a, weight, order)
         with torch._C._AutoDispatchBelowAutograd():
@@ -165,9 +178,13 @@ def _solve(function, a: Tensor, weight: Tensor, order: str) -> Tensor:
           else torch.ops.inverseflow.inv_conv2d_transposed)
     if torch.compiler.is_compiling():
         return op(a, weight, order)
-    if torch._C._are_functorch_transforms_active() or _needs_autograd(a, weight):
+    if torch._C._are_functorch_transforms_active():
+        # The Function meets torch.func here, before the op, so the op's float32 rules
+        # (autocast, bfloat16/float16 inputs) are applied here too.
+        return _precision.call_in_float32(function.apply, a, weight, order)
+    if _needs_autograd(a, weight) and not _precision.needs_float32_copy(a, weight):
         return function.apply(a, weight, order)
-    return op(a, weight, order)
+    return op(a, weight, order)   # its autocast rule and low-precision path do the casts
 
 
 def _batching_rule(op):
@@ -192,6 +209,7 @@ for _name, _function, _public in (
     _op = getattr(torch.ops.inverseflow, _name).default
     _LIB.impl(_name, _autograd_kernel(_op, _function, _public), "Autograd", with_keyset=True)
     torch.library.register_vmap(f"inverseflow::{_name}", _batching_rule(_op), lib=_LIB)
+    _precision.register_float32_autocast(f"inverseflow::{_name}", _LIB)
 
 # The causal conv is plain conv2d on a masked weight, so it is composite: autograd and
 # torch.compile see through it to the native (oneDNN / cuDNN) convolution.
@@ -201,7 +219,16 @@ torch.library.define("inverseflow::causal_conv2d", "(Tensor x, Tensor weight, st
 @torch.library.impl("inverseflow::causal_conv2d", "CompositeImplicitAutograd")
 def _causal_conv2d_impl(x, weight, order):
     check_conv_args(x, weight, order, "x")
+    if x.dtype in LOW_PRECISION:   # float32 like the solve it inverts, then back (§12)
+        x32, weight32 = x.float(), weight.float()
+        return _geometry.causal_conv(x32, _geometry.masked_weight(weight32, order),
+                                     order).to(x.dtype)
     return _geometry.causal_conv(x, _geometry.masked_weight(weight, order), order)
+
+
+# Under autocast the composite would run its conv2d in low precision; this rule (on the
+# Autocast key, above the decomposition) runs all of it in float32 instead.
+_precision.register_float32_autocast("inverseflow::causal_conv2d", _LIB)
 
 
 def inv_conv2d(y: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
@@ -238,6 +265,8 @@ def inv_conv2d(y: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
     across the image, and inf/NaN propagate (see ``InvConv2d.stability_bound``).
     """
     check_conv_args(y, weight, order, "y")
+    if torch.compiler.is_compiling():   # Dynamo can't tell the Function classes apart
+        return torch.ops.inverseflow.inv_conv2d(y, weight, order)
     return _solve(_InvConv2d, y, weight, order)
 
 
@@ -250,6 +279,8 @@ def inv_conv2d_transposed(g: Tensor, weight: Tensor, order: str = "TL") -> Tenso
     ``u`` shaped like ``g``.
     """
     check_conv_args(g, weight, order, "g")
+    if torch.compiler.is_compiling():   # (`function is _InvConv2d` broke fullgraph here)
+        return torch.ops.inverseflow.inv_conv2d_transposed(g, weight, order)
     return _solve(_InvConv2dTransposed, g, weight, order)
 
 

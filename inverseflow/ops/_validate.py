@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from ._precision import LOW_PRECISION, dtype_seen_by_op
+
 ORDERS = ("TL", "TR", "BL", "BR", "quad")
-FLOAT_DTYPES = (torch.float32, torch.float64)
+# bfloat16 and float16 are computed in float32 and returned in their dtype (DESIGN §12).
+FLOAT_DTYPES = (torch.float32, torch.float64) + LOW_PRECISION
 
 
 def check_order(order) -> str:
@@ -23,9 +26,12 @@ def check_conv_args(x, weight, order, name: str = "x") -> None:
         if not isinstance(arg, torch.Tensor):
             raise TypeError(f"{label} must be a torch.Tensor, got {type(arg).__name__}")
         if arg.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{label} must be float32 or float64, got {arg.dtype}")
-    if x.dtype != weight.dtype:
-        raise TypeError(f"{name} and weight must have the same dtype; got {x.dtype} and {weight.dtype}")
+            raise TypeError(f"{label} must be float32, float64, bfloat16 or float16, got "
+                            f"{arg.dtype}")
+    # Under torch.autocast the ops' registered rule casts both to float32 first (§12).
+    if dtype_seen_by_op(x) != dtype_seen_by_op(weight):
+        raise TypeError(f"{name} and weight must have the same dtype (outside torch.autocast); "
+                        f"got {x.dtype} and {weight.dtype}")
     if x.dim() != 4:
         raise ValueError(f"{name} must be 4-D (N, C, H, W); got shape {tuple(x.shape)}")
     if weight.dim() != 4:
