@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributions import Transform
+from zuko.transforms import MonotonicRQSTransform
 
 from .models import ConvFlow, ImageFlow, InverseFlow
 from .models.flow import FlowStep
@@ -45,8 +47,7 @@ TOLERANCE = 1e-5
 
 # Layers whose ``inverse`` is already a fixed sequence of plain tensor operations (and
 # Dequantize, which the sampling pass does not call).
-_PLAIN = (Dequantize, ActNorm, AffineCoupling, LogitTransform, Split, Squeeze, SplineActivation,
-          FlowStep, nn.ModuleList, nn.Sequential, nn.Conv2d, nn.ReLU)
+_PLAIN = (Dequantize, ActNorm, AffineCoupling, LogitTransform, Split, Squeeze, FlowStep, nn.ModuleList, nn.Sequential, nn.Conv2d, nn.ReLU)
 
 
 class ExportError(ValueError):
@@ -87,7 +88,8 @@ class Conv1x1Inverse(nn.Module):
     def __init__(self, layer: InvertibleConv1x1):
         super().__init__()
         with torch.no_grad():    # the computation of the layer's own inverse
-            self.register_buffer("weight", torch.linalg.inv(layer.matrix())[:, :, None, None])
+            inverse = torch.linalg.inv(layer.matrix())     # column-major: made row-major
+            self.register_buffer("weight", inverse[:, :, None, None].contiguous())
 
     def inverse(self, z):
         return F.conv2d(z, self.weight)
@@ -105,6 +107,32 @@ class CausalConvInverse(nn.Module):
 
     def inverse(self, z):
         return causal_conv(z, self.weight, self.order)
+
+
+class _SplineWithKnots(MonotonicRQSTransform):
+    """zuko's rational-quadratic spline built from its knots (zuko's own constructor
+    derives them from the raw parameters); the spline's maths stays zuko's."""
+
+    def __init__(self, horizontal, vertical, derivatives):
+        Transform.__init__(self)
+        self.horizontal, self.vertical, self.derivatives = horizontal, vertical, derivatives
+
+
+class SplineInverse(nn.Module):
+    """A :class:`~inverseflow.nn.SplineActivation`'s inverse (zuko's bin search, a count of
+    knots below the value, and its quadratic root) with the knots computed once, by the
+    eager layer, as buffers: the exported graph then has no softmax, cumsum or exp of the
+    parameters, whose rounding differs between runtimes (and scales with the tail bound)."""
+
+    def __init__(self, layer: SplineActivation):
+        super().__init__()
+        with torch.no_grad():
+            transform = layer._transform()
+        for name in ("horizontal", "vertical", "derivatives"):
+            self.register_buffer(name, getattr(transform, name).detach().contiguous())
+
+    def inverse(self, y):
+        return _SplineWithKnots(self.horizontal, self.vertical, self.derivatives).inv(y)
 
 
 def smooth_leaky_relu_newton_steps(alpha: float, dtype: torch.dtype) -> int:
@@ -145,8 +173,11 @@ class SmoothLeakyReLUInverse(nn.Module):
         active = torch.isfinite(x)
         safe = torch.where(active, x, 0)
         for _ in range(self.steps):
-            # f(x) − y with f written so that it does not overflow where f(x) is finite.
-            value = safe - (1 - self.alpha) * (safe - F.softplus(safe))
+            # f(x) in two forms, each free of cancellation on its side (so the residual is
+            # accurate to an ulp of y), and free of overflow where f(x) is finite; the second
+            # uses x − softplus(x) = −softplus(−x).
+            value = torch.where(safe < 0, self.alpha * safe + (1 - self.alpha) * F.softplus(safe),
+                                safe + (1 - self.alpha) * F.softplus(-safe))
             slope = self.alpha + (1 - self.alpha) * torch.sigmoid(safe)
             safe = safe - (value - y) / slope
         return torch.where(active, safe, x)
@@ -223,6 +254,8 @@ def _make_exportable(module: nn.Module, fmt: str, dtype: torch.dtype, prefix: st
             needs_op = True
         elif kind is InvertibleConv1x1:
             replacement = Conv1x1Inverse(child)
+        elif kind is SplineActivation:
+            replacement = SplineInverse(child)
         elif kind is SmoothLeakyReLU:
             replacement = SmoothLeakyReLUInverse(child, dtype)
         elif kind is ConvExp2d:
