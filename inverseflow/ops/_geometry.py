@@ -7,6 +7,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from . import _autotune, _weight_cache
+
 QUAD_CORNERS = ("TL", "TR", "BL", "BR")
 
 
@@ -63,8 +65,14 @@ def masked_weight(weight: torch.Tensor, order: str) -> torch.Tensor:
     """M(W): the center tap becomes unit lower triangular.
 
     ``where`` rather than a multiply, so inf/NaN stored at masked positions is ignored and
-    the gradient there is exactly 0.
+    the gradient there is exactly 0. Without a derivative to record (evaluation,
+    sampling) it is computed once per weight version.
     """
+    return _weight_cache.derived(("masked", order), (weight,),
+                                 lambda: _apply_mask(weight, order))
+
+
+def _apply_mask(weight: torch.Tensor, order: str) -> torch.Tensor:
     keep, identity = _center_parts(weight, order)
     return torch.where(keep, weight, identity)
 
@@ -83,9 +91,59 @@ def causal_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Te
         return x + 0 * weight_m.sum()
     if order != "quad":
         return F.conv2d(F.pad(x, padding(order, kh, kw)), weight_m)
+    # Sampling and evaluation take the fastest form for the shape; autograd, tracing and
+    # export take the per-group one (plain pads, convolutions and a concatenation).
+    form = (_autotune.fastest("causal_conv_quad", QUAD_FORMS, x, weight_m)
+            if _weight_cache.plain_eager(x, weight_m) else "per_group")
+    return QUAD_FORMS[form](x, weight_m)
+
+
+def _quad_per_group(x: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
+    """Each channel group padded at its corner and convolved on its own (four dense
+    convolutions of C/4 channels): the form for autograd, tracing and export."""
+    kh, kw = weight_m.shape[2], weight_m.shape[3]
     parts = [F.conv2d(F.pad(x[:, part], padding(corner, kh, kw)), weight_m[part])
-             for corner, part in groups(order, x.shape[1])]
+             for corner, part in groups("quad", x.shape[1])]
     return torch.cat(parts, dim=1)
+
+
+def _quad_windows(full: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Quad's answer from a convolution padded by k−1 on every side (DESIGN §15): group g
+    takes the H×W window at row 0 for a top corner (k_h−1 for a bottom one) and column 0
+    for a left corner (k_w−1 for a right one)."""
+    row_step, col_step = full.shape[2] - height, full.shape[3] - width
+    return torch.cat([full[:, part, row_step * (g // 2):row_step * (g // 2) + height,
+                           col_step * (g % 2):col_step * (g % 2) + width]
+                      for g, (_, part) in enumerate(groups("quad", full.shape[1]))], dim=1)
+
+
+def _quad_grouped(x: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
+    """One ``groups=4`` convolution with conv's own padding, then each group's window."""
+    kh, kw = weight_m.shape[2], weight_m.shape[3]
+    full = F.conv2d(x, weight_m, padding=(kh - 1, kw - 1), groups=4)
+    return _quad_windows(full, x.shape[2], x.shape[3])
+
+
+def _quad_block_diagonal(x: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
+    """One dense convolution with the block-diagonal C×C weight, then each group's window:
+    4× the multiply-adds, but at small C and batch 1 the dense path (im2col and one GEMM)
+    costs less than a grouped convolution's set-up."""
+    kh, kw = weight_m.shape[2], weight_m.shape[3]
+    dense = _weight_cache.derived("block_diagonal", (weight_m,), lambda: block_diagonal(weight_m))
+    full = F.conv2d(x, dense, padding=(kh - 1, kw - 1))
+    return _quad_windows(full, x.shape[2], x.shape[3])
+
+
+def block_diagonal(weight_g: torch.Tensor) -> torch.Tensor:
+    """(C, C/4, kh, kw) grouped weight -> (C, C, kh, kw) dense weight, zero off its blocks
+    (built by padding, not by a product, so an inf in one group never reaches another)."""
+    cg = weight_g.shape[1]
+    return torch.cat([F.pad(weight_g[part], (0, 0, 0, 0, g * cg, (3 - g) * cg))
+                      for g, (_, part) in enumerate(groups("quad", weight_g.shape[0]))], dim=0)
+
+
+QUAD_FORMS = {"per_group": _quad_per_group, "grouped": _quad_grouped,
+              "block_diagonal": _quad_block_diagonal}
 
 
 def causal_conv_adjoint(u: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:

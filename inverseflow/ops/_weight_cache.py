@@ -1,0 +1,60 @@
+"""Tensors derived from weights (the masked k×k weight, the 1×1 inverse), computed once per
+weight version when no derivative is wanted (evaluation, sampling).
+
+A cached value is reused only while every source tensor is the same object, with the
+same version counter (every in-place update bumps it, so optimizer steps and
+``load_state_dict`` invalidate), storage and layout. Writes through ``tensor.data``
+bypass the version counter, as they bypass autograd's checks; code that writes weights
+that way must not rely on this cache (nothing in inverseflow does).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.autograd.forward_ad as _forward_ad
+
+_entries: dict[tuple, tuple] = {}
+
+
+def _stamp(t: torch.Tensor) -> tuple:
+    return (t._version, t.data_ptr(), t.shape, t.stride(), t.dtype, t.device)
+
+
+def plain_eager(*tensors: torch.Tensor) -> bool:
+    """No derivative to record (no graph, no forward-mode tangent), no tracing, no
+    torch.func transform, and plain tensors (no subclass such as a fake tensor)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    if torch._C._is_fwd_grad_enabled() and _forward_ad._current_level >= 0:
+        return False
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
+
+
+def cacheable(*tensors: torch.Tensor) -> bool:
+    """Whether a value derived from ``tensors`` may come from (and go to) the cache:
+    :func:`plain_eager`, and versioned (inference tensors have no version counter)."""
+    return plain_eager(*tensors) and not any(t.is_inference() for t in tensors)
+
+
+def derived(tag, tensors: tuple, compute):
+    """``compute()``, or its value from the last call with the same ``tag`` and unchanged
+    ``tensors``. Entries go away with their first source tensor."""
+    if not cacheable(*tensors):
+        return compute()
+    key = (tag, *(id(t) for t in tensors))
+    stamps = tuple(_stamp(t) for t in tensors)
+    entry = _entries.get(key)
+    if entry is not None:
+        refs, old_stamps, value = entry
+        if all(r() is t for r, t in zip(refs, tensors)) and old_stamps == stamps:
+            return value
+    with torch.no_grad():
+        value = compute()
+    _entries[key] = (tuple(weakref.ref(t) for t in tensors), stamps, value)
+    if entry is None:   # one finalizer per key, not one per weight version
+        weakref.finalize(tensors[0], _entries.pop, key, None)
+    return value

@@ -1,0 +1,127 @@
+"""The sampling pass's fast paths (issue 18): quad's causal-conv forms against the dense
+oracle, the per-shape choice among them, and the per-version caches of the masked weight
+and of the 1×1 inverse (reused while the weights are unchanged, recomputed after any
+in-place update)."""
+
+import pytest
+import torch
+
+import inverseflow
+import oracle
+from inverseflow.nn import InvConv2d, InvertibleConv1x1
+from inverseflow.ops import _autotune, _geometry
+
+# (batch, channels, H, W, kh, kw): square and rectangular kernels, 1×k and k×1, images
+# smaller than the kernel.
+SHAPES = [(2, 8, 5, 7, 3, 2), (1, 4, 4, 4, 3, 3), (3, 12, 6, 6, 1, 3), (2, 16, 4, 5, 2, 1),
+          (2, 4, 1, 2, 3, 3)]
+
+
+def _layouts(x):
+    """The input as given, channels-last, and a non-contiguous slice of a wider tensor."""
+    wide = torch.stack([x, x], dim=-1)[..., 0]   # x again, with a column stride of 2
+    return {"contiguous": x, "channels_last": x.contiguous(memory_format=torch.channels_last),
+            "strided": wide}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("form", sorted(_geometry.QUAD_FORMS))
+def test_every_quad_form_matches_the_dense_oracle(form, shape, dtype, rng):
+    batch, channels, height, width, kh, kw = shape
+    weight = oracle.random_weight(channels, kh, kw, "quad", rng, scale=0.5)
+    x = torch.randn(batch, channels, height, width, generator=rng, dtype=torch.float64)
+    expected = oracle.causal_conv(x, weight, "quad")
+    weight_m = _geometry.masked_weight(weight.to(dtype), "quad")
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    if dtype == torch.float64:
+        assert _geometry.QUAD_FORMS[form](x.to(dtype), weight_m).dtype == dtype
+    for name, inp in _layouts(x.to(dtype)).items():
+        got = _geometry.QUAD_FORMS[form](inp, weight_m)
+        assert oracle.rel_err(got, expected) < tol, name
+
+
+def test_an_inf_in_one_group_stays_in_that_group(rng):
+    # The block-diagonal weight is built by padding: an inf in group 0's taps must not turn
+    # the other groups' outputs into NaN (a product with a 0/1 mask would).
+    weight = oracle.random_weight(8, 3, 3, "quad", rng)
+    weight[0, 0, 0, 0] = float("inf")
+    x = torch.rand(1, 8, 4, 4, generator=rng, dtype=torch.float64) + 0.1
+    weight_m = _geometry.masked_weight(weight, "quad")
+    for form, fn in _geometry.QUAD_FORMS.items():
+        out = fn(x, weight_m)
+        assert torch.isfinite(out[:, 2:]).all(), form
+        assert torch.isinf(out[:, :1]).any(), form
+
+
+def test_sampling_takes_a_measured_form_and_stays_exact(rng):
+    weight = oracle.random_weight(12, 3, 3, "quad", rng)
+    x = torch.randn(3, 12, 7, 6, generator=rng, dtype=torch.float64)
+    with torch.no_grad():
+        got = inverseflow.causal_conv2d(x, weight, "quad")
+    key = [k for k in _autotune.choices() if k[0] == "causal_conv_quad" and k[-2] == (3, 12, 7, 6)]
+    assert key and _autotune.choices()[key[0]] in _geometry.QUAD_FORMS
+    assert oracle.rel_err(got, oracle.causal_conv(x, weight, "quad")) < 1e-12
+
+
+def test_autograd_through_the_causal_conv_still_matches_the_oracle(rng):
+    weight = oracle.random_weight(8, 3, 2, "quad", rng).requires_grad_()
+    x = torch.randn(2, 8, 5, 4, generator=rng, dtype=torch.float64, requires_grad=True)
+    got = torch.autograd.grad(inverseflow.causal_conv2d(x, weight, "quad").square().sum(),
+                              (x, weight))
+    want = torch.autograd.grad(oracle.causal_conv(x, weight, "quad").square().sum(), (x, weight))
+    for g, w in zip(got, want):
+        assert oracle.rel_err(g, w) < 1e-12
+
+
+def test_masked_weight_is_computed_once_per_weight_version(rng):
+    layer = InvConv2d(8, 3, order="quad").double()
+    with torch.no_grad():
+        first = _geometry.masked_weight(layer.weight, "quad")
+        assert _geometry.masked_weight(layer.weight, "quad") is first   # reused
+        layer.weight.add_(0.01)                                          # in-place update
+        second = _geometry.masked_weight(layer.weight, "quad")
+    assert second is not first
+    assert torch.equal(second, oracle.mask(layer.weight.detach(), "quad"))
+    # With a graph to record nothing is cached: the result carries the gradient.
+    assert _geometry.masked_weight(layer.weight, "quad").requires_grad
+
+
+def test_sampling_after_optimizer_steps_and_load_state_dict_uses_the_new_weights(rng):
+    layer = InvConv2d(8, 3, order="quad").double()
+    z = torch.randn(2, 8, 5, 5, generator=rng, dtype=torch.float64)
+
+    def check():
+        with torch.no_grad():
+            got = layer.inverse(z)
+        assert oracle.rel_err(got, oracle.causal_conv(z, layer.weight.detach(), "quad")) < 1e-12
+
+    check()
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer.weight.grad = torch.randn_like(layer.weight)
+    optimizer.step()
+    check()
+    layer.load_state_dict({"weight": torch.randn_like(layer.weight) * 0.05})
+    check()
+    with torch.inference_mode():    # inference tensors have no version: no caching, still exact
+        got = layer.inverse(z)
+    assert oracle.rel_err(got, oracle.causal_conv(z, layer.weight.detach(), "quad")) < 1e-12
+
+
+def test_conv1x1_inverse_is_cached_per_version_and_follows_updates(rng):
+    layer = InvertibleConv1x1(6).double()
+    z = torch.randn(2, 6, 3, 3, generator=rng, dtype=torch.float64)
+
+    def expected():
+        w = layer.matrix().detach()
+        return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(w), z)
+
+    with torch.no_grad():
+        a = layer.inverse(z)
+        assert torch.allclose(a, expected(), atol=1e-12)
+        layer.log_s.add_(0.3)
+        b = layer.inverse(z)
+    assert torch.allclose(b, expected(), atol=1e-12) and not torch.allclose(a, b)
+    # And the forward still inverts it exactly.
+    with torch.no_grad():
+        assert torch.allclose(layer(b)[0], z, atol=1e-12)
