@@ -48,6 +48,9 @@ class ActNorm(nn.Module):
 
     def forward(self, x):
         """``(z, logdet)``; the first eager call initialises from ``x`` (see the class)."""
+        # Statistics, scale and log-det in the parameters' dtype (float32), even when
+        # autocast hands this layer a bfloat16/float16 activation (DESIGN §12).
+        x = x.to(torch.promote_types(x.dtype, self.bias.dtype))
         if not self.is_initialized:
             if torch.compiler.is_compiling():
                 raise RuntimeError(

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._autocast import full_precision, upcast
 from ._validate import positive_int
 
 
@@ -43,11 +44,14 @@ class InvertibleConv1x1(nn.Module):
 
     def forward(self, x):
         """``(W x per pixel, logdet)``."""
-        w = self.matrix()
+        x = upcast(x)
         logdet = self.log_s.sum() * x.shape[2] * x.shape[3]
-        return F.conv2d(x, w[:, :, None, None]), logdet.expand(x.shape[0])
+        with full_precision(x):   # W and W⁻¹ must match the log-det exactly (DESIGN §12)
+            return F.conv2d(x, self.matrix()[:, :, None, None]), logdet.expand(x.shape[0])
 
     def inverse(self, z):
         """``W⁻¹ z`` per pixel."""
-        w_inv = torch.linalg.inv(self.matrix())
-        return F.conv2d(z, w_inv[:, :, None, None])
+        z = upcast(z)
+        with full_precision(z):
+            w_inv = torch.linalg.inv(self.matrix())
+            return F.conv2d(z, w_inv[:, :, None, None])

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._autocast import full_precision, upcast
 from ._validate import kernel_size_2d, non_negative_number, positive_int
 
 
@@ -104,14 +105,18 @@ class ConvExp2d(nn.Module):
 
     def forward(self, x):
         """``(exp(M) x, logdet)``, ``logdet = H·W·trace`` of the centre tap (B,)."""
+        x = upcast(x)
         m = self.kernel()
         ci, cj = self.centre
         logdet = torch.diagonal(m[:, :, ci, cj]).sum() * x.shape[2] * x.shape[3]
-        return self._series(x, m, 1.0), logdet.expand(x.shape[0])
+        with full_precision(x):   # exp(M) and exp(-M) inverse at one precision (DESIGN §12)
+            return self._series(x, m, 1.0), logdet.expand(x.shape[0])
 
     def inverse(self, z):
         """``exp(−M) z``, by the same series."""
-        return self._series(z, self.kernel(), -1.0)
+        z = upcast(z)
+        with full_precision(z):
+            return self._series(z, self.kernel(), -1.0)
 
     def extra_repr(self) -> str:
         return (f"weight={tuple(self.weight.shape)}, max_norm={self.max_norm}, "

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._autocast import upcast
 from ._validate import positive_int
 
 
@@ -38,12 +39,15 @@ class AffineCoupling(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def _shift_scale(self, x_a):
-        h = self.net(x_a)
+        # Under autocast the network runs in bfloat16/float16; the shift, the scale and
+        # the log-det use its output in the flow's dtype (DESIGN §12).
+        h = self.net(x_a).to(x_a.dtype)
         shift, raw = h[:, 0::2], h[:, 1::2]
         return shift, raw + 2.0
 
     def forward(self, x):
         """``(z, logdet)``: the second half shifted and scaled, the first kept."""
+        x = upcast(x)
         x_a, x_b = x[:, :self.split], x[:, self.split:]
         shift, raw = self._shift_scale(x_a)
         z_b = (x_b + shift) * torch.sigmoid(raw)
@@ -52,6 +56,7 @@ class AffineCoupling(nn.Module):
 
     def inverse(self, z):
         """The exact inverse (the first half is unchanged, so the network reruns on it)."""
+        z = upcast(z)
         z_a, z_b = z[:, :self.split], z[:, self.split:]
         shift, raw = self._shift_scale(z_a)
         return torch.cat([z_a, z_b / torch.sigmoid(raw) - shift], dim=1)

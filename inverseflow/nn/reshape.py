@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._autocast import full_precision, upcast
 from ._validate import positive_int
 
 
@@ -56,14 +57,18 @@ class Split(nn.Module):
 
     def forward(self, x):
         """Returns (kept half, standardised factored-out half, logdet)."""
+        x = upcast(x)
         x_a, x_b = x[:, :self.keep], x[:, self.keep:]
-        h = self.prior(x_a)
+        with full_precision(x):   # the prior stays float32 under autocast (DESIGN §12)
+            h = self.prior(x_a)
         mean, log_std = h[:, 0::2], h[:, 1::2]
         z_b = (x_b - mean) * torch.exp(-log_std)
         return x_a, z_b, -log_std.flatten(1).sum(1)
 
     def inverse(self, x_a, z_b):
         """Rebuilds ``x`` from the kept half and the standardised factored-out half."""
-        h = self.prior(x_a)
+        x_a, z_b = upcast(x_a), upcast(z_b)
+        with full_precision(x_a):
+            h = self.prior(x_a)
         mean, log_std = h[:, 0::2], h[:, 1::2]
         return torch.cat([x_a, z_b * torch.exp(log_std) + mean], dim=1)
