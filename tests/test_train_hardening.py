@@ -318,3 +318,149 @@ def test_tensorboard_logs_the_inverse_growth_per_step(tmp_path):
     growth = events.Scalars("train/max_inverse_growth")
     assert [e.step for e in growth] == [1, 2, 3]
     assert max(e.value for e in growth) == pytest.approx(metrics["max_inverse_growth"], rel=1e-6)
+
+
+# ------------------------------------------------- issue 16: rough edges of the command line
+
+def test_grad_clip_is_a_flag_applied_recorded_and_checked_on_resume(tmp_path, capsys,
+                                                                    monkeypatch):
+    real_clip = torch.nn.utils.clip_grad_norm_
+    clipped = []
+
+    def recording_clip(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        result = real_clip(parameters, max_norm, *args, **kwargs)
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters
+                                                     if p.grad is not None]))
+        clipped.append((max_norm, float(norm)))
+        return result
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    out = str(tmp_path / "run")
+    assert cli_main(["train", *SMALL, "--out", out, "--steps", "2", "--grad-clip", "1e-3"]) == 0
+    assert len(clipped) == 2
+    for max_norm, norm in clipped:   # the gradients' global norm after the step's clipping
+        assert max_norm == 1e-3 and norm <= 1e-3 * (1 + 1e-4)
+    assert _load(Path(out) / "checkpoint.pt")["train_config"]["grad_clip"] == 1e-3
+    capsys.readouterr()
+    assert cli_main(["train", *SMALL, "--out", out, "--steps", "4", "--resume",
+                     "--grad-clip", "0.01"]) == 2
+    assert "--grad-clip: 0.001 in the checkpoint, 0.01 now" in capsys.readouterr().err
+
+
+def test_experiment_takes_grad_clip_too():
+    from inverseflow.cli import build_parser
+    from inverseflow.train import experiments
+
+    args = build_parser().parse_args(["experiment", "if-cnn", "--dataset", "digits", "--out",
+                                      "x", "--steps", "1", "--grad-clip", "5"])
+    fields = {k: getattr(args, k) for k in experiments.RUN_FIELDS}
+    assert experiments.train_config("if-cnn", "digits", "x", 1, **fields).grad_clip == 5
+
+
+@pytest.mark.parametrize("command", ["train", "experiment", "sample"])
+@pytest.mark.parametrize("seed", ["99999999999999999999", "-1", "4294967296"])
+def test_seeds_out_of_range_are_refused_naming_the_flag(command, seed, capsys):
+    rest = {"train": [*SMALL, "--out", "x", "--steps", "1"],
+            "experiment": ["if-cnn", "--dataset", "digits", "--out", "x", "--steps", "1"],
+            "sample": ["--checkpoint", "c.pt", "--out", "s.png"]}[command]
+    with pytest.raises(SystemExit) as info:
+        cli_main([command, *rest, "--seed", seed])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and "from 0 to 4294967295" in err and "Overflow" not in err
+
+
+@pytest.mark.parametrize("seed", [2**64, -1, 1.5, True])
+def test_train_config_seed_must_be_a_32_bit_integer(seed):
+    with pytest.raises(ValueError, match="seed must be an integer from 0 to 4294967295"):
+        TrainConfig(dataset="digits", out="x", steps=1, seed=seed).validate()
+
+
+def test_the_largest_seed_trains(tmp_path):
+    metrics = train(_config(tmp_path, steps=1, seed=loop.MAX_SEED))
+    assert len(metrics["train_losses"]) == 1
+
+
+@pytest.mark.parametrize("command", ["eval", "sample", "train", "experiment"])
+def test_every_flag_has_a_help_line(command):
+    parser = _subparser(command)
+    silent = [a.option_strings or a.dest for a in parser._actions
+              if a.help is None or not str(a.help).strip()]
+    assert not silent, f"{command} flags without help: {silent}"
+
+
+def test_eval_limit_is_named_as_in_train_and_limit_still_works(trained_checkpoint, capsys):
+    for flag, count in (("--eval-limit", 16), ("--limit", 8)):
+        assert cli_main(["eval", "--checkpoint", str(trained_checkpoint), "--dataset", "digits",
+                         flag, str(count)]) == 0
+        assert f"({count} images" in capsys.readouterr().out
+
+
+def _subparser(command):
+    from inverseflow.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions
+                      if isinstance(getattr(a, "choices", None), dict) and command in a.choices)
+    return subparsers.choices[command]
+
+
+def _experiment_options():
+    experiment = _subparser("experiment")
+    resume_help = next(a.help for a in experiment._actions if "--resume" in a.option_strings)
+    return set(experiment._option_string_actions), resume_help
+
+
+def test_experiment_resume_help_names_only_experiment_flags():
+    options, resume_help = _experiment_options()
+    named = set(re.findall(r"--[a-z][a-z-]*", resume_help))
+    assert named and named <= options, named - options
+    assert "--steps" in named and "--time-budget" in named
+
+
+def test_experiment_resume_refusal_names_only_experiment_flags(tmp_path, capsys):
+    options, _ = _experiment_options()
+    out = str(tmp_path / "run")
+    base = ["experiment", "if-cnn", "--dataset", "digits", "--out", out, "--eval-limit", "16",
+            "--batch-size", "32", "--quiet"]
+    assert cli_main([*base, "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert cli_main([*base, "--steps", "2", "--resume", "--lr", "5e-4", "--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr: 0.001 in the checkpoint, 0.0005 now" in err and "--seed: 0" in err
+    named = set(re.findall(r"--[a-z][a-z-]*", err))
+    assert named <= options, named - options
+
+
+@pytest.mark.parametrize("argv", [
+    ["--model", "glow", "--kernel-size", "5"],            # a model option error
+    ["--dataset", "cifar10"],                             # data that is not there
+    ["--resume"],                                         # no checkpoint to resume
+    ["--flow-steps", "4096"],                             # past the size bound
+])
+def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys, argv):
+    out = tmp_path / "new" / "run"
+    assert cli_main(["train", *SMALL, "--out", str(out), "--steps", "1", *argv]) == 2
+    assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    assert cli_main(["train", *SMALL, "--out", str(existing), "--steps", "1", *argv]) == 2
+    assert existing.is_dir()   # a folder the user had is never removed
+
+
+def test_sample_with_a_bad_checkpoint_leaves_no_folder(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert cli_main(["sample", "--checkpoint", str(bad), "--out",
+                     str(tmp_path / "new" / "s.png")]) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_tensorboard_with_a_file_in_the_way_fails_before_any_work(tmp_path, monkeypatch):
+    (tmp_path / "tensorboard").write_text("in the way")
+    monkeypatch.setattr(loop, "load_dataset", lambda *a: pytest.fail("did work first"))
+    monkeypatch.setattr(loop, "_build", lambda *a, **k: pytest.fail("did work first"))
+    with pytest.raises(ValueError, match=rf"--tensorboard .*{re.escape(str(tmp_path))}"
+                                         r"/tensorboard is a file"):
+        train(_config(tmp_path, steps=1, tensorboard=True))
