@@ -269,12 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also list every compiled kernel by name")
     info.set_defaults(run=_info)
     demo = sub.add_parser("demo", help="invert a convolution, check the round trip, time it")
-    demo.add_argument("--batch", type=_positive, default=64)
-    demo.add_argument("--channels", type=_positive, default=12)
-    demo.add_argument("--size", type=_positive, default=16)
-    demo.add_argument("--kernel", type=_positive, default=3)
-    demo.add_argument("--order", default="TL", choices=["TL", "TR", "BL", "BR", "quad"])
-    demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    demo.add_argument("--batch", type=_positive, default=64, help="images per call (N)")
+    demo.add_argument("--channels", type=_positive, default=12, help="channels (C)")
+    demo.add_argument("--size", type=_positive, default=16, help="image height and width")
+    demo.add_argument("--kernel", type=_positive, default=3, help="k of the k×k kernel")
+    demo.add_argument("--order", default="TL", choices=["TL", "TR", "BL", "BR", "quad"],
+                      help="the padded corner, or quad (four channel groups)")
+    demo.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
     demo.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     demo.set_defaults(run=_demo)
     train = sub.add_parser("train", help="train a flow; writes metrics.json, checkpoint.pt, samples.png")
@@ -372,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="op benchmark against F.conv2d, as JSON")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (CI-sized)")
-    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="what to measure on")
     bench.add_argument("--out", default="bench-results",
                        help="folder for bench.json, bench.md and the plots")
     bench.add_argument("--scaling", action="store_true",
@@ -390,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--clear", action="store_true", help="empty the cache")
     action.add_argument("--specialize", nargs=3, metavar=("KERNEL", "CHANNELS", "PATTERN"),
                         help="compile one shape into the cache now, e.g. 3x3 16 tl")
-    jit.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    jit.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                     help="with --specialize: the C++ compiler (cpu) or nvcc (cuda)")
     jit.add_argument("--json", action="store_true", help="with --list: print JSON")
     jit.set_defaults(run=_jit)
     return parser
