@@ -39,7 +39,8 @@ def _bench(args) -> int:
     from .train.preflight import prepare_run_folder
 
     # Each section flag runs that section alone, so two of them cannot both be honoured.
-    sections = [f"--{name}" for name in ("scaling", "jit", "parity") if getattr(args, name, False)]
+    sections = [f"--{name}" for name in ("scaling", "jit", "parity", "precision")
+                if getattr(args, name, False)]
     if len(sections) > 1:
         raise ValueError(f"{' and '.join(sections)} each run one section alone; give one of "
                          "them per run (or none for the op and model suite)")
@@ -51,11 +52,25 @@ def _bench(args) -> int:
     if args.scaling:
         return _bench_scaling(args)
 
+    if args.precision:
+        return _bench_precision(args)
+
     from .bench import suite as bench
 
     result = bench.run(args.device, args.quick)
     for path in bench.write(result, Path(args.out)):
         print(f"wrote {path}")
+    return 0
+
+
+def _bench_precision(args) -> int:
+    from pathlib import Path
+
+    from .bench import precision
+
+    result = precision.run(args.device, args.quick)
+    print(precision.format_report(result))
+    print(f"wrote {precision.write(result, Path(args.out))}")
     return 0
 
 
@@ -302,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning rate the exponential decay ends at")
     train.add_argument("--eval-batch-size", type=_positive, default=500,
                        help="images per evaluation batch")
+    train.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                       help="the training forward under torch.autocast: bf16, or fp16 with a "
+                            "GradScaler (--device cuda only); the inverse convolutions, "
+                            "log-determinants, prior and bits/dim stay float32 (default fp32)")
     train.add_argument("--time-budget", type=float, help="stop training after this many seconds")
     train.add_argument("--num-samples", type=_positive, default=64,
                        help="samples in OUT/samples.png")
@@ -380,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only the time-scaling study (the paper's Figure 4): one training "
                             "step of 4 inverse convs against image size, ours vs the dense "
                             "O(n^3) and sequential solvers (writes scaling.json, scaling.png)")
+    bench.add_argument("--precision", action="store_true",
+                       help="only the mixed-precision section: a training step of the digits "
+                            "and MNIST presets at fp32 and bf16 (round-robin), and the test "
+                            "bits/dim after the same steps (writes precision.json)")
     bench.add_argument("--jit", action="store_true",
                        help="only the run-time specialization section: compile times and "
                             "speed-ups over the generic kernel (writes jit.json)")

@@ -25,6 +25,7 @@ from ..models import build_model, from_preset, size
 from ..models.timing import placement_timings
 from . import guards, preflight
 from .grids import save_grid
+from .precision import MixedPrecision, check_precision
 from .quoting import clip, quote
 from .resume_flags import check_resume_flags
 from .tensorboard_log import TensorBoardLog
@@ -65,6 +66,7 @@ class TrainConfig:
     grad_clip: float = 100.0
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"   # fp32, bf16 or fp16 (CUDA): the training forward's autocast
     checkpoint_every: int = 200
     eval_batch_size: int = 500
     eval_limit: int | None = None
@@ -97,6 +99,7 @@ class TrainConfig:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")
+        check_precision(self.precision, self.device)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -212,6 +215,7 @@ def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None
     torch.manual_seed(config.seed)
 
     start_step, losses, train_seconds, initial_bpd = 0, [], 0.0, None
+    mixed = MixedPrecision(config.precision, device.type)
     if config.resume:
         state = load_checkpoint(ckpt_path, map_location=device)
         if state["dataset"] != config.dataset or state["model_config"]["model"] != config.model:
@@ -227,6 +231,7 @@ def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None
             raise CheckpointError(f"{ckpt_path} is malformed: its optimizer state does not "
                                   f"fit the model ({type(exc).__name__}: {clip(exc, 400)})"
                                   ) from None
+        mixed.load_state_dict(state.get("grad_scaler"))   # fp16's loss scale, for an exact replay
         start_step, losses = state["step"], list(state["losses"])
         train_seconds, initial_bpd = state["train_seconds"], state["initial_test_bpd"]
         if start_step >= total_steps:
@@ -241,7 +246,7 @@ def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None
         # ActNorm's data-dependent initialisation, on the first batch (before DDP wraps
         # the model, so that rank 0's values are broadcast to every rank).
         first = data.train[batch_indices(len(data.train), global_batch, 0, config.seed, ctx)]
-        with torch.no_grad():
+        with torch.no_grad(), mixed.autocast():
             model(first.to(device), _noise(config.seed, 0, ctx.rank))
     tb_log = TensorBoardLog(out / "tensorboard" if config.tensorboard and ctx.is_main else None,
                             resume_step=start_step)
@@ -280,7 +285,9 @@ def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None
                              "optimizer": optimizer.state_dict(), "step": step,
                              "losses": losses, "train_seconds": train_seconds,
                              "initial_test_bpd": initial_bpd, "dataset": config.dataset,
-                             "train_config": dataclasses.asdict(config)}, ckpt_path)
+                             "train_config": dataclasses.asdict(config),
+                             **({"grad_scaler": mixed.state_dict()} if mixed.scales_loss else {})},
+                            ckpt_path)
         saved_step = step
 
     progress = Progress(total_steps, start_step, config.progress and ctx.is_main)
@@ -298,17 +305,21 @@ def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None
         x = data.train[idx].to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        loss = trainer(x, _noise(config.seed, step, ctx.rank)).mean()
+        with mixed.autocast():
+            loss = trainer(x, _noise(config.seed, step, ctx.rank)).mean()
         if not distributed.all_agree(ctx, bool(torch.isfinite(loss))):
             raise diverged(f"non-finite loss at step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # A step is kept only with finite gradients and finite parameters after it.
-        if not distributed.all_agree(ctx, guards.all_finite(p.grad for p in model.parameters())):
+        mixed.backward(loss)
+        mixed.unscale(optimizer)
+        # A step is kept only with finite gradients and finite parameters after it (with
+        # fp16's GradScaler, non-finite gradients are an overflow: the scaler skips the step).
+        if not mixed.scales_loss and not distributed.all_agree(
+                ctx, guards.all_finite(p.grad for p in model.parameters())):
             bad = guards.nonfinite_names((n, p.grad) for n, p in model.named_parameters())
             raise diverged(f"non-finite gradient at step {step + 1} (in {', '.join(bad[:3])})")
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        mixed.step(optimizer)
         if not distributed.all_agree(ctx, guards.all_finite(model.parameters())):
             bad = guards.nonfinite_names(model.named_parameters())
             raise diverged(f"non-finite parameters after the update of step {step + 1} "
@@ -338,6 +349,7 @@ def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None
     metrics = {"dataset": config.dataset, "model": model.config["model"],
                "solve_on": model.config["solve_on"], "steps": step,
                "requested_steps": total_steps, "stopped_by_time_budget": stopped_by_budget,
+               "precision": config.precision,
                "batch_size": config.batch_size, "world_size": ctx.world_size,
                "initial_test_bpd": initial_bpd,
                "test_bpd": evaluate(model, data.test, config.eval_batch_size,

@@ -9,6 +9,7 @@ each flag with both values.
 
 from __future__ import annotations
 
+from .precision import DEFAULT_PRECISION
 from .quoting import quote
 
 # TrainConfig fields that may differ from the checkpoint's on --resume.
@@ -22,6 +23,9 @@ MAY_CHANGE_ON_RESUME = {
 }
 
 _FLAG_NAMES = {"model_options": "the experiment's model options"}
+
+# Fields added after checkpoints were first written: the value every older checkpoint had.
+OLDER_CHECKPOINTS = {"precision": DEFAULT_PRECISION}
 
 
 def allowed_changes(fields=None) -> str:
@@ -41,7 +45,10 @@ def flag_name(field: str, fields=None) -> str:
 
 def differing_flags(saved: dict, current: dict, fields=None) -> list[tuple[str, object, object]]:
     """``(flag, value in the checkpoint, value now)`` for each field that must not change
-    on resume but does. Fields one side lacks (an older or newer version) are skipped."""
+    on resume but does. Fields one side lacks (an older or newer version) are skipped,
+    except those of :data:`OLDER_CHECKPOINTS`, whose value older checkpoints are known to
+    have had."""
+    saved = {**OLDER_CHECKPOINTS, **saved}
     out = []
     for field in sorted(set(saved) & set(current)):
         if field in MAY_CHANGE_ON_RESUME:
