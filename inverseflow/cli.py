@@ -55,6 +55,9 @@ def _bench(args) -> int:
     if args.precision:
         return _bench_precision(args)
 
+    if args.parity:
+        return _bench_parity(args)
+
     from .bench import suite as bench
 
     result = bench.run(args.device, args.quick)
@@ -82,6 +85,17 @@ def _bench_jit(args) -> int:
     result = jit_speedup.run(args.device, args.quick)
     print(jit_speedup.format_report(result))
     print(f"wrote {jit_speedup.write(result, Path(args.out))}")
+    return 0
+
+
+def _bench_parity(args) -> int:
+    from pathlib import Path
+
+    from .bench import conv_parity
+
+    result = conv_parity.run(args.device, args.quick)
+    print(json.dumps(result["summary"], indent=2))
+    print(f"wrote {conv_parity.write(result, Path(args.out))}")
     return 0
 
 
@@ -406,6 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--jit", action="store_true",
                        help="only the run-time specialization section: compile times and "
                             "speed-ups over the generic kernel (writes jit.json)")
+    bench.add_argument("--parity", action="store_true",
+                       help="only the convolution-parity section: causal_conv2d against "
+                            "F.conv2d and the solve, the sampling pass per placement against "
+                            "Glow's, and inv_conv2d's forward+backward (time, peak memory) "
+                            "against F.conv2d's (writes parity.json)")
     bench.set_defaults(run=_bench)
 
     jit = sub.add_parser("jit", help="layer shapes specialized at run time (the JIT cache)")

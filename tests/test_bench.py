@@ -83,3 +83,19 @@ def test_environment_records_the_build_commit_without_asking_git(monkeypatch):
     env = environment("cpu")
     assert env["commit"] == _backends.build_info().get("commit")
     assert env["commit_dirty"] == _backends.build_info().get("commit_dirty")
+
+
+def test_parity_section_reports_every_ratio_and_writes_json(tmp_path):
+    from inverseflow.bench import conv_parity
+
+    causal = conv_parity.causal_conv_case(2, 4, 4, "quad", rounds=2)
+    assert set(causal["ratios"]) >= {"causal_over_conv", "causal_over_solve"}
+    assert causal["quad_form"] in inverseflow.ops._geometry.QUAD_FORMS
+    sampling = conv_parity.sampling_case("digits", 2, rounds=1)
+    assert set(sampling["times"]) == {"inverseflow", "finc", "glow"}
+    fwd_bwd = conv_parity.fwd_bwd_case(2, 4, 4, "TL", rounds=2)
+    assert fwd_bwd["memory"]["inv_conv2d_backward_peak_over_bchw"] >= 1.0   # at least grad_y
+    result = {"causal_conv": [causal], "sampling": [sampling], "fwd_bwd": [fwd_bwd]}
+    result["summary"] = conv_parity.summarize(result)
+    path = conv_parity.write(result, tmp_path)
+    assert json.loads(open(path).read())["summary"]["causal_conv"]["cases"] == 1
