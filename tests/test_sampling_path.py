@@ -9,7 +9,7 @@ import torch
 import inverseflow
 import oracle
 from inverseflow.nn import InvConv2d, InvertibleConv1x1
-from inverseflow.ops import _autotune, _geometry
+from inverseflow.ops import _autotune, _geometry, _weight_cache
 
 # (batch, channels, H, W, kh, kw): square and rectangular kernels, 1×k and k×1, images
 # smaller than the kernel.
@@ -119,6 +119,8 @@ def test_conv1x1_inverse_is_cached_per_version_and_follows_updates(rng):
     with torch.no_grad():
         a = layer.inverse(z)
         assert torch.allclose(a, expected(), atol=1e-12)
+        assert any(key[0] == "conv1x1_inverse" and key[1] == id(layer.lower)
+                   for key in _weight_cache._entries)   # computed once, kept for this version
         layer.log_s.add_(0.3)
         b = layer.inverse(z)
     assert torch.allclose(b, expected(), atol=1e-12) and not torch.allclose(a, b)

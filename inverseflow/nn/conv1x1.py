@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import _weight_cache
 from ._autocast import full_precision, upcast
 from ._validate import positive_int
 
@@ -53,5 +54,9 @@ class InvertibleConv1x1(nn.Module):
         """``W⁻¹ z`` per pixel."""
         z = upcast(z)
         with full_precision(z):
-            w_inv = torch.linalg.inv(self.matrix())
-            return F.conv2d(z, w_inv[:, :, None, None])
+            # Sampling needs no derivative: the inverse is then computed once per version
+            # of the parameters (an LU product and an inversion per call before).
+            sources = (self.lower, self.upper, self.log_s, self.perm, self.sign_s)
+            w_inv = _weight_cache.derived(
+                "conv1x1_inverse", sources, lambda: torch.linalg.inv(self.matrix())[:, :, None, None])
+            return F.conv2d(z, w_inv)
