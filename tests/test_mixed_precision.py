@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import json
+import math
 
 import pytest
 import torch
@@ -414,3 +416,17 @@ def test_precision_is_validated(tmp_path):
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
         train(_config(tmp_path, steps=1, precision="int8"))
     assert dataclasses.asdict(_config(tmp_path, steps=1))["precision"] == "fp32"
+
+
+@needs_digits
+def test_bench_precision_quick_writes_its_json(tmp_path, capsys):
+    assert cli_main(["bench", "--precision", "--quick", "--out", str(tmp_path)]) == 0
+    assert "bf16/fp32" in capsys.readouterr().out
+    result = json.loads((tmp_path / "precision.json").read_text())
+    (row,) = result["presets"]
+    assert row["dataset"] == "digits" and set(row["precisions"]) == {"fp32", "bf16"}
+    for precision in row["precisions"].values():
+        assert precision["step"]["median_s"] > 0 and math.isfinite(precision["test_bpd"])
+        assert all(math.isfinite(loss) for loss in precision["train_losses"])
+    assert row["bf16_step_over_fp32"] > 0
+    assert result["environment"]["device"] == "cpu"
