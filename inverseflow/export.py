@@ -402,9 +402,15 @@ def _to_onnx(program, noise, names):
 
 
 def max_rel_error(got, expected) -> float:
-    """max |got − expected| / max |expected|."""
-    scale = expected.abs().max().clamp_min(torch.finfo(expected.dtype).tiny)
-    return float((got.to(expected.dtype) - expected).abs().max() / scale)
+    """max |got − expected| / max |expected| over the finite values of ``expected``; equal
+    values count as no error (NaN where ``expected`` has NaN too), unequal non-finite
+    values as an infinite (or NaN) one."""
+    got = got.to(expected.dtype)
+    same = (got == expected) | (got.isnan() & expected.isnan())
+    difference = torch.where(same, 0.0, (got - expected).abs())
+    finite = expected[expected.isfinite()].abs()
+    scale = finite.max().clamp_min(torch.finfo(expected.dtype).tiny) if finite.numel() else 1.0
+    return float(difference.max() / scale) if difference.numel() else 0.0
 
 
 def export_checkpoint(checkpoint, out, format: str | None = None, batch: int = 1,

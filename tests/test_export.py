@@ -2,10 +2,13 @@
 without this package, and refuses what it cannot export, with the reason."""
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 import sysconfig
 import textwrap
+from pathlib import Path
 
 import onnxruntime  # noqa: F401 - no importorskip: the ONNX tests must run in CI (test extra)
 import pytest
@@ -14,7 +17,7 @@ from torch import nn
 
 from inverseflow.export import (ConvExpInverse, ExportError, SmoothLeakyReLUInverse,
                                 export_checkpoint, export_sampler, noise_shapes, run_exported)
-from inverseflow.models import ConvFlow, Glow, InverseFlow
+from inverseflow.models import ConvFlow, Glow, InverseFlow, from_preset
 from inverseflow.nn import ConvExp2d, SmoothLeakyReLU
 from inverseflow.train.checkpoint import CheckpointError, save_checkpoint
 
@@ -31,7 +34,7 @@ KINDS = {
 TOLERANCE = 1e-5
 
 
-def _trained_like(build, seed: int):
+def _trained_like(build, seed: int, scale: float = 0.2):
     """A model after ``initialize``, every parameter then moved at random (untrained
     couplings, priors and splines start as identities, which would hide errors)."""
     torch.manual_seed(seed)
@@ -39,7 +42,7 @@ def _trained_like(build, seed: int):
     model.initialize(torch.randint(0, 256, (32, *SHAPE), dtype=torch.uint8))
     with torch.no_grad():
         for parameter in model.parameters():
-            parameter.add_(0.2 * torch.randn_like(parameter))
+            parameter.add_(scale * torch.randn_like(parameter))
     return model.eval()
 
 
@@ -316,3 +319,35 @@ def test_the_cli_exports_a_checkpoint_in_both_formats(tmp_path):
     noise = _noise(model, 2)
     assert _rel_error(run_exported(tmp_path / "sampler.bin", noise, "pt2"),
                       _decoded(model, noise, 1.0)) <= TOLERANCE
+
+
+def test_the_readme_commands_and_snippets_run(tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Exporting the sampler", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].split() for line in section.splitlines()
+                if line.strip().startswith("inverseflow export")]
+    snippets = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(commands) == 2 and len(snippets) == 2
+    (tmp_path / "runs" / "digits").mkdir(parents=True)   # what scripts/quickstart.sh trains
+    # Moved less than the tiny models: at width 64, 0.2 overflows the couplings' scales.
+    _write_checkpoint(_trained_like(lambda: from_preset("digits"), seed=8, scale=0.02),
+                      tmp_path / "runs" / "digits" / "checkpoint.pt")
+    for command in commands:
+        result = subprocess.run([sys.executable, "-m", "inverseflow", *command[1:]],
+                                capture_output=True, text=True, cwd=tmp_path)
+        assert result.returncode == 0, (shlex.join(command), result.stderr)
+    monkeypatch.chdir(tmp_path)
+    for index, code in enumerate(snippets):
+        namespace = {}
+        exec(compile(code, f"README export snippet {index}", "exec"), namespace)
+        assert namespace["images"].shape[1:] == (1, 8, 8)
+        assert 0 <= namespace["images"].min() and namespace["images"].max() <= 1
+
+
+def test_the_parity_measure_counts_equal_non_finite_values_as_equal():
+    from inverseflow.export import max_rel_error
+
+    expected = torch.tensor([0.5, float("nan"), 1.0, float("inf")])
+    assert max_rel_error(expected.clone(), expected) == 0
+    assert max_rel_error(torch.tensor([0.5, 0.2, 1.0, float("inf")]), expected) != 0
+    assert not max_rel_error(torch.tensor([0.5, float("nan"), 0.9, 1.0]), expected) <= 1e-5
