@@ -430,3 +430,22 @@ def test_bench_precision_quick_writes_its_json(tmp_path, capsys):
         assert all(math.isfinite(loss) for loss in precision["train_losses"])
     assert row["bf16_step_over_fp32"] > 0
     assert result["environment"]["device"] == "cpu"
+
+
+def test_a_whole_model_compiles_with_fullgraph_under_autocast(rng):
+    """The float32 regions of the layers (autocast switched off inside) trace in Dynamo."""
+    batch = _uint8_batch(rng, n=16)
+    model = inverseflow.models.from_preset("digits")
+    model.initialize(batch, torch.Generator().manual_seed(4))
+    model = _perturbed(model, rng)
+    x = model.dequantize(batch, torch.Generator().manual_seed(1))
+
+    def loss(images):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model.bits_per_dim_dequantized(images).mean()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")(x)
+    eager = loss(x)
+    assert compiled.dtype == torch.float32
+    assert abs(compiled.item() - eager.item()) <= 1e-5 * abs(eager.item())
