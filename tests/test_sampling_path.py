@@ -127,3 +127,16 @@ def test_conv1x1_inverse_is_cached_per_version_and_follows_updates(rng):
     # And the forward still inverts it exactly.
     with torch.no_grad():
         assert torch.allclose(layer(b)[0], z, atol=1e-12)
+
+
+def test_the_cached_paths_trace_whole_under_torch_compile(rng):
+    # fullgraph: the cache and form choice must step aside for Dynamo without a graph break.
+    layer = InvConv2d(8, 3, order="quad").double().eval()
+    mix = InvertibleConv1x1(8).double()
+    z = torch.randn(2, 8, 6, 6, generator=rng, dtype=torch.float64)
+    compiled = torch.compile(lambda t: mix.inverse(layer.inverse(t)), fullgraph=True,
+                             backend="eager")
+    with torch.no_grad():
+        got = compiled(z)
+        want = mix.inverse(layer.inverse(z))
+    assert torch.allclose(got, want, atol=1e-12)

@@ -25,11 +25,12 @@ def _stamp(t: torch.Tensor) -> tuple:
 def plain_eager(*tensors: torch.Tensor) -> bool:
     """No derivative to record (no graph, no forward-mode tangent), no tracing, no
     torch.func transform, and plain tensors (no subclass such as a fake tensor)."""
+    # Tracing first: Dynamo must not meet the C-level queries below (graph breaks).
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     if torch._C._is_fwd_grad_enabled() and _forward_ad._current_level >= 0:
-        return False
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return False
     return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
 
