@@ -68,7 +68,7 @@ class ExportResult:
     batch: int | None                                # None: any batch (--dynamic-batch)
     temperature: float
     needs_inverseflow: bool     # the program calls torch.ops.inverseflow (solve on sampling)
-    max_rel_error: float        # against the model's decode, on fresh noise
+    max_rel_error: float        # against the model's decode, on fresh noise (see _check_parity)
 
 
 def noise_shapes(model: ImageFlow) -> list[tuple[int, int, int]]:
@@ -373,17 +373,34 @@ def export_sampler(model: ImageFlow, out, format: str | None = None, batch: int 
             _to_onnx(program, noise, names).save(str(temporary))
         check = tuple(torch.randn(batch + 1 if dynamic_batch else batch, *s,
                                   dtype=model.dtype) for s in sampler.shapes)
-        error = max_rel_error(run_exported(temporary, check, fmt),
-                              reference_images(model, check, sampler.temperature))
-        if not error <= TOLERANCE:
-            raise ExportError(f"the exported sampler differs from the model's decode by "
-                              f"{error:.3g} (relative), over the tolerance {TOLERANCE}; "
-                              f"{out} was not written")
+        error = _check_parity(model, run_exported(temporary, check, fmt), check,
+                              sampler.temperature, out)
         os.replace(temporary, out)
     finally:
         temporary.unlink(missing_ok=True)
     return ExportResult(out, fmt, names, tuple(sampler.shapes), None if dynamic_batch else batch,
                         sampler.temperature, sampler.needs_inverseflow, error)
+
+
+def _check_parity(model, got, noise, temperature: float, out) -> float:
+    """The relative error of ``got`` against the model's decode, if within
+    :data:`TOLERANCE`. A deep model can be too ill-conditioned for that in float32 (the
+    digits CNN flow's own float32 decode is 1e-4 to 6e-4 from its float64 decode, so two
+    float32 programs differ as much): then ``got`` must be as close to the float64 decode as
+    the model's own float32 decode is, within twice its error (STYLE 14)."""
+    expected = reference_images(model, noise, temperature)
+    error = max_rel_error(got, expected)
+    if error <= TOLERANCE:
+        return error
+    exact = reference_images(copy.deepcopy(model).double(), [n.double() for n in noise],
+                             temperature)
+    own, ours = max_rel_error(expected.double(), exact), max_rel_error(got.double(), exact)
+    if ours <= max(TOLERANCE, 2 * own):
+        return error
+    raise ExportError(f"the exported sampler differs from the model's decode by {error:.3g} "
+                      f"(relative), over the tolerance {TOLERANCE}, and from its float64 "
+                      f"decode by {ours:.3g}, over twice the model's own float32 error "
+                      f"({own:.3g}); {out} was not written")
 
 
 def _to_onnx(program, noise, names):

@@ -351,3 +351,23 @@ def test_the_parity_measure_counts_equal_non_finite_values_as_equal():
     assert max_rel_error(expected.clone(), expected) == 0
     assert max_rel_error(torch.tensor([0.5, 0.2, 1.0, float("inf")]), expected) != 0
     assert not max_rel_error(torch.tensor([0.5, float("nan"), 0.9, 1.0]), expected) <= 1e-5
+
+
+def test_an_ill_conditioned_model_is_held_to_its_own_float32_error(tmp_path, monkeypatch):
+    # The digits CNN flow's float32 decode is ~1e-4 from its float64 decode, so no float32
+    # program meets 1e-5 against it: the export is checked against float64 instead.
+    torch.manual_seed(9)
+    model = from_preset("digits", model="convflow")
+    model.initialize(torch.randint(0, 256, (64, *SHAPE), dtype=torch.uint8))
+    result = export_sampler(model.eval(), tmp_path / "cnn.pt2", batch=64)
+    assert result.max_rel_error < 1e-2
+    # A wrong program is still refused: two Newton steps are not enough.
+    monkeypatch.setattr(SmoothLeakyReLUInverse, "__init__", _two_newton_steps)
+    with pytest.raises(ExportError, match="over twice the model's own float32 error"):
+        export_sampler(model, tmp_path / "wrong.pt2", batch=64)
+    assert not (tmp_path / "wrong.pt2").exists()
+
+
+def _two_newton_steps(self, layer, dtype):
+    nn.Module.__init__(self)
+    self.alpha, self.steps = layer.alpha, 2
