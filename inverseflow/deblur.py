@@ -20,7 +20,7 @@ unknown causal kernel from one (sharp, blurred) pair by gradient descent on
 ``‖deblur(y, k) − x‖²``.
 
 **Stability.** The inverse is an IIR filter. It is bounded at every image size when the
-blur is dominated by its leading tap, ``ρ = Σ_{t≠0} |k_t / k₀| < 1`` (the README's bound,
+blur is dominated by its leading tap, ``ρ = Σ_{t≠0} |k_t / k₀| < 1`` (the limits guide's bound,
 :func:`stability_ratio`). A blur that is not (a centred Gaussian moved to a corner has a
 tiny leading tap) grows exponentially across the image. :func:`deblur` never returns that
 silently: it bounds the growth ``max|x| / max|y|`` (the statistic training logs) over every
@@ -138,7 +138,7 @@ def blur(image: Tensor, kernel: Tensor, order: str = "TL") -> Tensor:
 
 
 def stability_ratio(kernel: Tensor, order: str = "TL") -> float:
-    """``ρ = Σ_{t≠0} |k_t / k₀|``: the README's stability bound (``InvConv2d.stability_bound``)
+    """``ρ = Σ_{t≠0} |k_t / k₀|``: the limits guide's stability bound (``InvConv2d.stability_bound``
     for the single-channel kernel ``kernel / k₀``. ρ < 1 guarantees
     ``max|x| ≤ max|y| / (|k₀| (1 − ρ))`` at every image size; it is sufficient, not
     necessary (a smooth decaying blur often has ρ > 1 and a tame inverse)."""
@@ -213,7 +213,7 @@ def deblur(blurred: Tensor, kernel: Tensor, order: str = "TL", *,
                    f"inverse can amplify {gain:.3g}x (max|x|/max|y|), past max_growth="
                    f"{max_growth:.3g}, so the restoration would be garbage; anchor the kernel "
                    f"at the corner of its largest tap (order), or use a regularised "
-                   f"deconvolution (README, Deblurring)")
+                   f"deconvolution (docs/guides/deblurring.md)")
         if on_unstable == "raise":
             raise UnstableBlurError(message)
         warnings.warn(message, BlurStabilityWarning, stacklevel=2)

@@ -100,7 +100,7 @@ class GrowthMonitor:
             warnings.warn(
                 f"the k×k inverse convolution amplified its input {value:.3g}x (max|x|/max|y|) "
                 f"at step {step}, past {self.threshold:.0e}: its filter is near instability "
-                f"(see README, Limits: stability); lower --lr or --grad-clip",
+                f"(see docs/guides/limits.md, Stability); lower --lr or --grad-clip",
                 InverseGrowthWarning, stacklevel=2)
         return value
 
