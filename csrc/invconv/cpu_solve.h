@@ -29,14 +29,28 @@ struct Vec<T, 1> {
   using type = T;
 };
 
-// Full-width blocks fill a 64-byte vector; leftovers use one lane.
+// Full-width blocks fill one vector register of the target; leftovers use one lane. A
+// chunk of output channels keeps one accumulator register each, plus the input and a
+// broadcast weight, so the chunk is bounded by the register file: 32 zmm with AVX-512,
+// 16 ymm/xmm otherwise. (64-byte vectors on an AVX2 target are pairs of ymm registers:
+// 12 accumulators then need 24 of 16 and spill, which made the C=12 solve ~5x slower.)
+#if defined(__AVX512F__)
+inline constexpr int kVectorBytes = 64;
+inline constexpr int kMaxChunk = 16;
+#elif defined(__AVX__)
+inline constexpr int kVectorBytes = 32;
+inline constexpr int kMaxChunk = 12;
+#else
+inline constexpr int kVectorBytes = 16;
+inline constexpr int kMaxChunk = 12;
+#endif
 template <typename T>
-constexpr int kWideLanes = 64 / int(sizeof(T));
+constexpr int kWideLanes = kVectorBytes / int(sizeof(T));
 
-// Largest divisor of cg that is at most 16: output channels are computed in chunks of
-// this many accumulators so that they stay in registers.
+// Largest divisor of cg that is at most kMaxChunk: output channels are computed in chunks
+// of this many accumulators so that they stay in registers.
 constexpr int chunk_for(int cg) {
-  for (int d = cg < 16 ? cg : 16; d > 1; --d)
+  for (int d = cg < kMaxChunk ? cg : kMaxChunk; d > 1; --d)
     if (cg % d == 0) return d;
   return 1;
 }
