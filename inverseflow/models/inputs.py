@@ -5,9 +5,10 @@ rather than letting an op or the logit fail deep inside."""
 from __future__ import annotations
 
 import math
-import operator
 
 import torch
+
+from ..nn._validate import positive_int
 
 
 def check_images(x, image_shape, dtype: torch.dtype, name: str = "x",
@@ -61,16 +62,7 @@ def _check_dtype(t: torch.Tensor, dtype: torch.dtype, name: str) -> None:
 
 def positive_count(value, name: str) -> int:
     """An integer-like ``value`` (int, numpy integer, 0-d integer tensor) >= 1, as int."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive integer, got {value!r}")
-    try:
-        count = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a positive integer, got {type(value).__name__} "
-                        f"{value!r}") from None
-    if count < 1:
-        raise ValueError(f"{name} must be a positive integer, got {count}")
-    return count
+    return positive_int(value, name)
 
 
 def check_temperature(temperature, name: str = "temperature") -> float:
