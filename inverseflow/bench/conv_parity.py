@@ -15,7 +15,6 @@ sample with ``torch.utils.benchmark``, medians), so that all sides see the same 
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import time
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from ..models import from_preset
 from ..models.timing import timer
 from ..ops import _autotune, causal_conv2d, inv_conv2d
-from .environment import environment
+from .environment import environment, write_json
 
 ORDERS = ("TL", "TR", "BL", "BR", "quad")
 GRID = {"batch": (1, 100), "channels": (4, 12, 48), "size": (4, 8, 16, 32)}
@@ -248,8 +247,5 @@ def _fwd_bwd_line(r) -> str:
             f"{m['conv2d_backward_peak_over_bchw']:.2f} BCHW")
 
 
-def write(result: dict, out: Path) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "parity.json"
-    path.write_text(json.dumps(result, indent=2))
-    return str(path)
+def write(result: dict, out: Path) -> Path:
+    return write_json(result, out, "parity.json")

@@ -10,7 +10,9 @@ repository happens to contain it (a project's ``.venv``), not for this package.
 from __future__ import annotations
 
 import datetime
+import json
 import platform
+from pathlib import Path
 
 import torch
 
@@ -29,3 +31,11 @@ def environment(device: str) -> dict:
     env["commit"] = build.get("commit")
     env["commit_dirty"] = build.get("commit_dirty")
     return env
+
+
+def write_json(result: dict, folder: Path, name: str) -> Path:
+    """Writes ``result`` as indented JSON to ``folder/name`` (creating ``folder``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

@@ -10,7 +10,6 @@ For layer shapes outside ``codegen/specs.toml`` it measures, in one process:
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -22,7 +21,7 @@ from torch.utils import benchmark
 
 from .. import jit
 from ..ops import _dispatch
-from .environment import environment
+from .environment import environment, write_json
 
 # (channels, order) at batch 64, 16x16, k=3: shapes no build specializes by default.
 SHAPES = [(16, "TL"), (20, "quad")]
@@ -133,7 +132,4 @@ def format_report(result: dict) -> str:
 
 
 def write(result: dict, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "jit.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+    return write_json(result, out, "jit.json")

@@ -15,7 +15,6 @@ the same test images with the same dequantisation noise.
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from ..data import load_dataset
 from ..models import from_preset
 from ..train.loop import TrainConfig, evaluate, learning_rate
 from ..train.precision import MixedPrecision
-from .environment import environment
+from .environment import environment, write_json
 
 PRECISIONS = ("fp32", "bf16")
 # (batch, steps, test images): MNIST's preset (L=2, K=16, width 512) takes tens of seconds
@@ -114,7 +113,4 @@ def format_report(result: dict) -> str:
 
 
 def write(result: dict, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "precision.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+    return write_json(result, out, "precision.json")
