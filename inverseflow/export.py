@@ -165,7 +165,7 @@ class SmoothLeakyReLUInverse(nn.Module):
 
     def __init__(self, layer: SmoothLeakyReLU, dtype: torch.dtype):
         super().__init__()
-        self.alpha = layer.alpha
+        self.layer, self.alpha = layer, layer.alpha
         self.steps = smooth_leaky_relu_newton_steps(layer.alpha, dtype)
 
     def inverse(self, y):
@@ -173,11 +173,7 @@ class SmoothLeakyReLUInverse(nn.Module):
         active = torch.isfinite(x)
         safe = torch.where(active, x, 0)
         for _ in range(self.steps):
-            # f(x) in two forms, each free of cancellation on its side (so the residual is
-            # accurate to an ulp of y), and free of overflow where f(x) is finite; the second
-            # uses x − softplus(x) = −softplus(−x).
-            value = torch.where(safe < 0, self.alpha * safe + (1 - self.alpha) * F.softplus(safe),
-                                safe + (1 - self.alpha) * F.softplus(-safe))
+            value = self.layer.value(safe)
             slope = self.alpha + (1 - self.alpha) * torch.sigmoid(safe)
             safe = safe - (value - y) / slope
         return torch.where(active, safe, x)

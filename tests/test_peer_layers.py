@@ -176,6 +176,32 @@ def test_smooth_leaky_relu_inverse_at_the_ends_of_the_dtype(rng, dtype):
     torch.testing.assert_close(layer(batch[:len(ordinary)][None])[0][0], ordinary)
 
 
+@pytest.mark.parametrize("alpha", [0.05, 0.1, 0.3, 0.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_smooth_leaky_relu_inverse_converges_for_every_alpha(rng, alpha, dtype):
+    # With a small alpha the residual of the old one-form value lost digits for x << 0
+    # (alpha=0.1, y=-7.56: Newton never met its tolerance and raised). Oracle: float64
+    # bisection on the forward function, which is increasing.
+    layer = SmoothLeakyReLU(alpha).to(dtype)
+    y = torch.cat([torch.tensor([-7.56, -59.28, -1e3, 1e3]),
+                   60 * torch.randn(64, generator=rng, dtype=torch.float64).float()]).to(dtype)
+    # f(x) > x and f(x) < αx + (1 − α)(log 2 + max(x, 0)) bracket the preimage.
+    lo = torch.minimum(y.double() - 1, (y.double() - 1) / alpha)
+    hi = y.double()
+    def f64(x):   # softplus as logaddexp(0, x): no threshold where it drops log1p(e^-x)
+        return alpha * x + (1 - alpha) * torch.logaddexp(torch.zeros_like(x), x)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        below = f64(mid) < y.double()
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    x = layer.inverse(y[None])[0]
+    tol = 8 * torch.finfo(dtype).eps
+    torch.testing.assert_close(x.double(), (lo + hi) / 2, rtol=tol, atol=tol)
+    # and the forward is that function to the dtype's precision (torch's softplus returns x
+    # past 20, an error of e^-20 ≈ 2e-9 that float64 sees)
+    torch.testing.assert_close(layer(x[None])[0][0].double(), f64(x.double()), rtol=tol, atol=tol)
+
+
 def test_spline_starts_as_identity(rng):
     layer = SplineActivation(SHAPE).double()
     x = _inputs(2, rng)

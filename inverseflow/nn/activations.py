@@ -36,14 +36,15 @@ class SmoothLeakyReLU(nn.Module):
             raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
         self.alpha, self.max_iterations = float(alpha), max_iterations
 
-    def _value(self, x):
-        return self.alpha * x + (1 - self.alpha) * F.softplus(x)
-
-    def _value_of_finite(self, x):
-        # The same function for finite x, written so that it cannot overflow where the
-        # value is finite (α·max + (1 − α)·max rounds to inf; |x − softplus(x)| ≤ |x| does
-        # not), for Newton's method near the ends of the dtype's range.
-        return x - (1 - self.alpha) * (x - F.softplus(x))
+    def value(self, x):
+        """The function (±inf map to themselves), in two forms, each free of cancellation on its
+        side (so Newton's residual is accurate to an ulp of y; F.softplus alone also drops
+        log1p(e^-x) past x = 20, 2e-9 that float64 sees) and of overflow where the value is
+        finite (α·max + (1 − α)·max rounds to inf); the second uses
+        x − softplus(x) = −softplus(−x). (The one form x − (1 − α)(x − softplus(x)) lost
+        digits for x ≪ 0: with α = 0.1 Newton never met its tolerance at y = −7.56.)"""
+        return torch.where(x < 0, self.alpha * x + (1 - self.alpha) * F.softplus(x),
+                           x + (1 - self.alpha) * F.softplus(-x))
 
     def _slope(self, x):
         return self.alpha + (1 - self.alpha) * torch.sigmoid(x)
@@ -51,7 +52,7 @@ class SmoothLeakyReLU(nn.Module):
     def forward(self, x):
         """``(y, logdet)``: ``y`` like ``x``; ``logdet`` (B,) is Σ log of the slope."""
         logdet = torch.log(self._slope(x)).flatten(1).sum(1)
-        return self._value(x), logdet
+        return self.value(x), logdet
 
     def inverse(self, y):
         """``x`` with ``forward(x)[0] == y`` (Newton's method); ``ValueError`` if ``y`` has
@@ -68,7 +69,7 @@ class SmoothLeakyReLU(nn.Module):
             # stays at -inf, the correctly rounded answer, whatever else is in the batch.
             active = finite.clone()
             for _ in range(self.max_iterations):
-                step = torch.where(active, (self._value_of_finite(x) - y) / self._slope(x), 0)
+                step = torch.where(active, (self.value(x) - y) / self._slope(x), 0)
                 x = x - step
                 active &= torch.isfinite(x)
                 if bool(((step.abs() <= 4 * eps * (1 + x.abs())) | ~active).all()):
@@ -79,7 +80,7 @@ class SmoothLeakyReLU(nn.Module):
         x = x.detach()
         solved = finite & torch.isfinite(x)
         x_solved = torch.where(solved, x, 0)
-        refined = x_solved - (self._value_of_finite(x_solved) - y) / self._slope(x_solved)
+        refined = x_solved - (self.value(x_solved) - y) / self._slope(x_solved)
         return torch.where(solved, refined, torch.where(finite, x, y))
 
     def extra_repr(self) -> str:
