@@ -10,8 +10,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "inverseflow"
 # Subpackage or top-level module → layer. Equal layers may import each other only where
 # listed in ALLOWED_SIDEWAYS.
 LAYERS = {"ops": 0, "data": 1, "nn": 1, "models": 2, "transforms": 2, "deblur": 2, "jit": 1,
-          "integrations": 3, "train": 3, "bench": 3, "experiments": 4, "info": 4, "cli": 5,
-          "__main__": 6}
+          "integrations": 3, "train": 3, "experiments": 4, "info": 4, "export": 4, "bench": 5,
+          "cli": 6, "__main__": 7}
 ALLOWED_SIDEWAYS = set()
 
 
