@@ -370,4 +370,4 @@ def test_an_ill_conditioned_model_is_held_to_its_own_float32_error(tmp_path, mon
 
 def _two_newton_steps(self, layer, dtype):
     nn.Module.__init__(self)
-    self.alpha, self.steps = layer.alpha, 2
+    self.layer, self.alpha, self.steps = layer, layer.alpha, 2
