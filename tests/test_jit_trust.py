@@ -397,8 +397,10 @@ def test_a_compile_timeout_kills_the_compilers_process_group(cache, slow_compile
 
 
 INTERRUPTED_CHILD = """
-    import sys, time, torch, inverseflow, oracle
+    import signal, sys, time, torch, inverseflow, oracle
     from inverseflow.ops import _dispatch
+    # A shell's background job inherits SIGINT ignored; Python keeps it so. Take Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if sys.argv[1] == "explicit":
         inverseflow.jit.specialize((2, 3), 5, "tl")
     else:   # INVERSEFLOW_JIT=1: the compile runs in a daemon thread

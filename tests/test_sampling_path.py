@@ -108,6 +108,23 @@ def test_sampling_after_optimizer_steps_and_load_state_dict_uses_the_new_weights
     assert oracle.rel_err(got, oracle.causal_conv(z, layer.weight.detach(), "quad")) < 1e-12
 
 
+def test_writes_through_data_reach_the_cached_paths(rng):
+    # .data writes (gradcheck's numerical perturbation, hand-made weight surgery) bypass the
+    # version counter; the cache used to return the old masked weight, silently.
+    layer = InvConv2d(8, 3, order="quad").double()
+    conv1x1 = InvertibleConv1x1(8).double()
+    z = torch.randn(2, 8, 5, 5, generator=rng, dtype=torch.float64)
+    with torch.no_grad():
+        layer.inverse(z), conv1x1.inverse(z)    # fill the caches
+        layer.weight.data.copy_(0.05 * torch.randn(layer.weight.shape, generator=rng,
+                                                   dtype=torch.float64))
+        conv1x1.log_s.data.add_(0.3)
+        got, got_1x1 = layer.inverse(z), conv1x1.inverse(z)
+    assert oracle.rel_err(got, oracle.causal_conv(z, layer.weight.detach(), "quad")) < 1e-12
+    w_inv = torch.linalg.inv(conv1x1.matrix().detach())
+    assert torch.allclose(got_1x1, torch.einsum("ij,bjhw->bihw", w_inv, z), atol=1e-12)
+
+
 def test_conv1x1_inverse_is_cached_per_version_and_follows_updates(rng):
     layer = InvertibleConv1x1(6).double()
     z = torch.randn(2, 6, 3, 3, generator=rng, dtype=torch.float64)

@@ -3,9 +3,11 @@ weight version when no derivative is wanted (evaluation, sampling).
 
 A cached value is reused only while every source tensor is the same object, with the
 same version counter (every in-place update bumps it, so optimizer steps and
-``load_state_dict`` invalidate), storage and layout. Writes through ``tensor.data``
-bypass the version counter, as they bypass autograd's checks; code that writes weights
-that way must not rely on this cache (nothing in inverseflow does).
+``load_state_dict`` invalidate), storage and layout, and equal contents: writes through
+``tensor.data`` bypass the version counter (``gradcheck``'s numerical perturbation does
+exactly that), so a snapshot of each source is compared too. The sources are weights
+(C×C×k×k at most), so the comparison is one small op where the derived value costs
+several (block-diagonal and embedded weights, the 1×1 inverse).
 """
 
 from __future__ import annotations
@@ -50,12 +52,14 @@ def derived(tag, tensors: tuple, compute):
     stamps = tuple(_stamp(t) for t in tensors)
     entry = _entries.get(key)
     if entry is not None:
-        refs, old_stamps, value = entry
-        if all(r() is t for r, t in zip(refs, tensors)) and old_stamps == stamps:
+        refs, old_stamps, snapshots, value = entry
+        if (all(r() is t for r, t in zip(refs, tensors)) and old_stamps == stamps
+                and all(torch.equal(s, t) for s, t in zip(snapshots, tensors))):
             return value
     with torch.no_grad():
         value = compute()
-    _entries[key] = (tuple(weakref.ref(t) for t in tensors), stamps, value)
+        snapshots = tuple(t.detach().clone() for t in tensors)
+    _entries[key] = (tuple(weakref.ref(t) for t in tensors), stamps, snapshots, value)
     if entry is None:   # one finalizer per key, not one per weight version
         weakref.finalize(tensors[0], _entries.pop, key, None)
     return value
