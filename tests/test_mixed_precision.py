@@ -342,14 +342,7 @@ def test_flow_layers_keep_log_determinants_and_prior_in_float32(rng):
 
 needs_digits = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
                                   reason="the digits dataset comes from scikit-learn")
-SMALL = ["--dataset", "digits", "--flow-steps", "1", "--coupling-width", "16",
-         "--batch-size", "32", "--eval-limit", "64", "--num-samples", "4", "--quiet"]
-
-
-def _config(out, **kw):
-    base = dict(dataset="digits", out=str(out), flow_steps=1, coupling_width=16, batch_size=32,
-                eval_limit=64, num_samples=4, progress=False, checkpoint_every=2)
-    return TrainConfig(**{**base, **kw})
+from test_train import SMALL, _config  # noqa: E402  (the small digits run test_train uses)
 
 
 @needs_digits
