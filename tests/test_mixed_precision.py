@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import inverseflow
 from inverseflow.cli import main as cli_main
 from inverseflow.ops import inv_conv2d_transposed
-from inverseflow.train import TrainConfig, train
+from inverseflow.train import train
 from inverseflow.train import loop as train_loop
 from inverseflow.train.checkpoint import load_checkpoint, save_checkpoint
 
