@@ -1,12 +1,15 @@
-"""The torch ops ``inverseflow::inv_conv2d`` and ``inverseflow::causal_conv2d``.
+"""The torch ops ``inverseflow::inv_conv{1,2,3}d``, their transposed solves and
+``inverseflow::causal_conv{1,2,3}d``.
 
-Registered once, here, with ``torch.library``: kernels (CPU, CUDA) through
-:mod:`inverseflow.ops._dispatch`, fake kernels for ``torch.compile``, a batching rule for
-``vmap``, and autograd following DESIGN.md §2: the backward of the inverse is a transposed
-solve plus the standard conv weight gradient, so it saves only ``x`` and ``weight``; the
-forward-mode tangent is one more solve plus a causal conv with the weight's tangent. All
-three ops compute in float32 at the least (DESIGN.md §12, :mod:`._precision`): an autocast
-rule on each op, and float32 copies for bfloat16/float16 inputs.
+Registered once, here, with ``torch.library``, by one factory for every dimension
+(:func:`_define_ops`): kernels (CPU, CUDA) through :mod:`inverseflow.ops._dispatch`, fake
+kernels for ``torch.compile``, a batching rule for ``vmap``, and autograd following
+DESIGN.md §2 (docs/nd-design.md for 1-D and 3-D): the backward of the inverse is a
+transposed solve plus the standard conv weight gradient, so it saves only ``x`` and
+``weight``; the forward-mode tangent is one more solve plus a causal conv with the weight's
+tangent. All ops compute in float32 at the least (DESIGN.md §12, :mod:`._precision`): an
+autocast rule on each op, and float32 copies for bfloat16/float16 inputs. The 2-D ops use
+the tuned geometry of :mod:`._geometry`, the 1-D and 3-D ops :mod:`._geometry_nd`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
-from . import _dispatch, _geometry, _precision
+from . import _dispatch, _geometry, _geometry_nd, _precision
 from ._precision import LOW_PRECISION
 from ._validate import check_conv_args
 
@@ -25,112 +28,159 @@ def _empty_output(y: Tensor) -> Tensor:
 
 
 _SOLVE_SCHEMA = "(Tensor {arg}, Tensor weight, str order) -> Tensor"
-torch.library.define("inverseflow::inv_conv2d", _SOLVE_SCHEMA.format(arg="y"))
-torch.library.define("inverseflow::inv_conv2d_transposed", _SOLVE_SCHEMA.format(arg="g"))
 _LIB = torch.library.Library("inverseflow", "IMPL")
 
 
-def _solve_kernel(direction, arg_name):
+def _solve_kernel(direction, arg_name, dims):
     def kernel(y, weight, order):
+        if y.dim() != dims + 2:
+            # _dispatch.solve reads the dimension from y: data of another rank must not run
+            # another dimension's solve under this op's name.
+            check_conv_args(y, weight, order, arg_name, dims)
         if y.dtype in LOW_PRECISION:   # DESIGN §12: computed in float32, returned in y's dtype
-            check_conv_args(y, weight, order, arg_name)
+            check_conv_args(y, weight, order, arg_name, dims)
             return _dispatch.solve(y.float(), weight.float(), order, direction)[0].to(y.dtype)
         return _dispatch.solve(y, weight, order, direction)[0]
 
     def fake(y, weight, order):
-        check_conv_args(y, weight, order, arg_name)
+        check_conv_args(y, weight, order, arg_name, dims)
         return _empty_output(y)
     return kernel, fake
 
 
-for _name, _direction, _arg in (("inv_conv2d", _dispatch.SOLVE, "y"),
-                                ("inv_conv2d_transposed", _dispatch.TRANSPOSED, "g")):
-    _kernel, _fake = _solve_kernel(_direction, _arg)
-    for _device in ("CPU", "CUDA"):
-        torch.library.impl(f"inverseflow::{_name}", _device, _kernel, lib=_LIB)
-    torch.library.register_fake(f"inverseflow::{_name}", _fake, lib=_LIB)
+def _weight_grad(geometry, inp: Tensor, grad_out: Tensor, weight: Tensor, order: str) -> Tensor:
+    grad = geometry.conv_weight_grad(inp, grad_out, weight.shape, order)
+    return -geometry.mask_gradient(grad, order)
 
 
-def _weight_grad(inp: Tensor, grad_out: Tensor, weight: Tensor, order: str) -> Tensor:
-    grad = _geometry.conv_weight_grad(inp, grad_out, weight.shape, order)
-    return -_geometry.mask_gradient(grad, order)
-
-
-def _conv_with_weight_tangent(x: Tensor, weight_tangent: Tensor, order: str,
+def _conv_with_weight_tangent(geometry, x: Tensor, weight_tangent: Tensor, order: str,
                               adjoint: bool = False) -> Tensor:
     """Ṫx (or Ṫᵀx): the causal conv with the weight's tangent. M's fixed entries (the
     center's unit diagonal) are constants, so the tangent is masked to zero there."""
-    tangent_m = _geometry.mask_gradient(weight_tangent, order)
+    tangent_m = geometry.mask_gradient(weight_tangent, order)
     if adjoint:
-        return _geometry.causal_conv_adjoint(x, tangent_m, order)
-    return _geometry.causal_conv(x, tangent_m, order)
+        return geometry.causal_conv_adjoint(x, tangent_m, order)
+    return geometry.causal_conv(x, tangent_m, order)
 
 
 def _solve_tangent(solve, out, weight, order, rhs_tangent, weight_tangent, adjoint):
     # From T x = y (or Tᵀu = g): ẋ = T⁻¹(ẏ − Ṫx); one more solve and one causal conv.
     rhs = rhs_tangent if rhs_tangent is not None else torch.zeros_like(out)
     if weight_tangent is not None:
-        rhs = rhs - _conv_with_weight_tangent(out, weight_tangent, order, adjoint)
+        rhs = rhs - _conv_with_weight_tangent(solve.geometry, out, weight_tangent, order, adjoint)
     return _solve(solve, rhs, weight, order)
 
 
-class _InvConv2d(torch.autograd.Function):
-    """Autograd of ``x = T(W)⁻¹y`` for every mode: backward (DESIGN.md §2), forward-mode
-    jvp, and torch.func transforms (vmap through the ops' batching rule)."""
+def _define_ops(dims: int, geometry) -> tuple[type, type]:
+    """Defines and registers ``inv_conv{dims}d``, ``inv_conv{dims}d_transposed`` and
+    ``causal_conv{dims}d`` in the ``inverseflow`` namespace; returns the autograd Functions
+    of the solve and of the transposed solve (each knows its op, data argument's name,
+    dimension and geometry)."""
+    solve_name, transposed_name = f"inv_conv{dims}d", f"inv_conv{dims}d_transposed"
+    torch.library.define(f"inverseflow::{solve_name}", _SOLVE_SCHEMA.format(arg="y"))
+    torch.library.define(f"inverseflow::{transposed_name}", _SOLVE_SCHEMA.format(arg="g"))
+    for name, direction, arg in ((solve_name, _dispatch.SOLVE, "y"),
+                                 (transposed_name, _dispatch.TRANSPOSED, "g")):
+        kernel, fake = _solve_kernel(direction, arg, dims)
+        for device in ("CPU", "CUDA"):
+            torch.library.impl(f"inverseflow::{name}", device, kernel, lib=_LIB)
+        torch.library.register_fake(f"inverseflow::{name}", fake, lib=_LIB)
+    solve_op = getattr(torch.ops.inverseflow, solve_name)
+    transposed_op = getattr(torch.ops.inverseflow, transposed_name)
 
-    generate_vmap_rule = True
+    class InvConv(torch.autograd.Function):
+        """Autograd of ``x = T(W)⁻¹y`` for every mode: backward (DESIGN.md §2), forward-mode
+        jvp, and torch.func transforms (vmap through the ops' batching rule)."""
 
-    @staticmethod
-    def forward(y, weight, order):
-        return torch.ops.inverseflow.inv_conv2d(y, weight, order)
+        generate_vmap_rule = True
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, weight, order = inputs
-        ctx.order = order
-        ctx.save_for_backward(output, weight)
-        ctx.save_for_forward(output, weight)
+        @staticmethod
+        def forward(y, weight, order):
+            return solve_op(y, weight, order)
 
-    @staticmethod
-    def backward(ctx, grad_x):
-        # dL/dy = T⁻ᵀ g and dL/dW = −conv_weight_grad(x, T⁻ᵀ g).
-        x, weight = ctx.saved_tensors
-        grad_y = _solve(_InvConv2dTransposed, grad_x, weight, ctx.order)
-        grad_w = _weight_grad(x, grad_y, weight, ctx.order) if ctx.needs_input_grad[1] else None
-        return grad_y, grad_w, None
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            _, weight, order = inputs
+            ctx.order = order
+            ctx.save_for_backward(output, weight)
+            ctx.save_for_forward(output, weight)
 
-    @staticmethod
-    def jvp(ctx, y_tangent, weight_tangent, _):
-        x, weight = ctx.saved_tensors
-        return _solve_tangent(_InvConv2d, x, weight, ctx.order, y_tangent, weight_tangent,
-                              adjoint=False)
+        @staticmethod
+        def backward(ctx, grad_x):
+            # dL/dy = T⁻ᵀ g and dL/dW = −conv_weight_grad(x, T⁻ᵀ g).
+            x, weight = ctx.saved_tensors
+            grad_y = _solve(InvConvTransposed, grad_x, weight, ctx.order)
+            grad_w = (_weight_grad(geometry, x, grad_y, weight, ctx.order)
+                      if ctx.needs_input_grad[1] else None)
+            return grad_y, grad_w, None
+
+        @staticmethod
+        def jvp(ctx, y_tangent, weight_tangent, _):
+            x, weight = ctx.saved_tensors
+            return _solve_tangent(InvConv, x, weight, ctx.order, y_tangent, weight_tangent,
+                                  adjoint=False)
+
+    class InvConvTransposed(torch.autograd.Function):
+        """Autograd of ``u = T(W)⁻ᵀg``, the adjoint solve (so backward is differentiable in
+        every mode too)."""
+
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(g, weight, order):
+            return transposed_op(g, weight, order)
+
+        setup_context = InvConv.setup_context
+
+        @staticmethod
+        def backward(ctx, grad_u):
+            # dL/dg = T⁻¹ h and dL/dW = −conv_weight_grad(T⁻¹ h, u).
+            u, weight = ctx.saved_tensors
+            grad_g = _solve(InvConv, grad_u, weight, ctx.order)
+            grad_w = (_weight_grad(geometry, grad_g, u, weight, ctx.order)
+                      if ctx.needs_input_grad[1] else None)
+            return grad_g, grad_w, None
+
+        @staticmethod
+        def jvp(ctx, g_tangent, weight_tangent, _):
+            u, weight = ctx.saved_tensors
+            return _solve_tangent(InvConvTransposed, u, weight, ctx.order, g_tangent,
+                                  weight_tangent, adjoint=True)
+
+    for function, op_name, op, arg, public in (
+            (InvConv, solve_name, solve_op, "y", f"inverseflow.{solve_name}"),
+            (InvConvTransposed, transposed_name, transposed_op, "g",
+             f"inverseflow.ops.{transposed_name}")):
+        function.__name__ = function.__qualname__ = (
+            f"_InvConv{dims}d" + ("Transposed" if arg == "g" else ""))
+        function.op, function.arg_name, function.dims, function.geometry = op, arg, dims, geometry
+        _LIB.impl(op_name, _autograd_kernel(op.default, function, public), "Autograd",
+                  with_keyset=True)
+        torch.library.register_vmap(f"inverseflow::{op_name}", _batching_rule(op.default),
+                                    lib=_LIB)
+        _precision.register_float32_autocast(f"inverseflow::{op_name}", _LIB)
+
+    # The causal conv is plain convNd on a masked weight, so it is composite: autograd and
+    # torch.compile see through it to the native (oneDNN / cuDNN) convolution.
+    conv_name = f"inverseflow::causal_conv{dims}d"
+    torch.library.define(conv_name, "(Tensor x, Tensor weight, str order) -> Tensor")
+    torch.library.impl(conv_name, "CompositeImplicitAutograd", _causal_conv_impl(dims, geometry),
+                       lib=_LIB)
+    # Under autocast the composite would run its conv in low precision; this rule (on the
+    # Autocast key, above the decomposition) runs all of it in float32 instead.
+    _precision.register_float32_autocast(conv_name, _LIB)
+    return InvConv, InvConvTransposed
 
 
-class _InvConv2dTransposed(torch.autograd.Function):
-    """Autograd of ``u = T(W)⁻ᵀg``, the adjoint solve (so backward is differentiable in
-    every mode too)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(g, weight, order):
-        return torch.ops.inverseflow.inv_conv2d_transposed(g, weight, order)
-
-    setup_context = _InvConv2d.setup_context
-
-    @staticmethod
-    def backward(ctx, grad_u):
-        # dL/dg = T⁻¹ h and dL/dW = −conv_weight_grad(T⁻¹ h, u).
-        u, weight = ctx.saved_tensors
-        grad_g = _solve(_InvConv2d, grad_u, weight, ctx.order)
-        grad_w = _weight_grad(grad_g, u, weight, ctx.order) if ctx.needs_input_grad[1] else None
-        return grad_g, grad_w, None
-
-    @staticmethod
-    def jvp(ctx, g_tangent, weight_tangent, _):
-        u, weight = ctx.saved_tensors
-        return _solve_tangent(_InvConv2dTransposed, u, weight, ctx.order, g_tangent,
-                              weight_tangent, adjoint=True)
+def _causal_conv_impl(dims: int, geometry):
+    def impl(x, weight, order):
+        check_conv_args(x, weight, order, "x", dims)
+        if x.dtype in LOW_PRECISION:   # float32 like the solve it inverts, then back (§12)
+            x32, weight32 = x.float(), weight.float()
+            return geometry.causal_conv(x32, geometry.masked_weight(weight32, order),
+                                        order).to(x.dtype)
+        return geometry.causal_conv(x, geometry.masked_weight(weight, order), order)
+    return impl
 
 
 def _autograd_kernel(op, function, public_name):
@@ -142,7 +192,7 @@ def _autograd_kernel(op, function, public_name):
     torch.func transforms must meet the Function in Python, before the dispatcher (the
     public functions do that); at this level it can no longer take part in them.
     """
-    arg_name = "g" if function is _InvConv2dTransposed else "y"
+    arg_name, dims = function.arg_name, function.dims
 
     def kernel(keyset, a, weight, order):
         if torch._C._are_functorch_transforms_active():
@@ -153,7 +203,7 @@ def _autograd_kernel(op, function, public_name):
         if a.dtype in LOW_PRECISION:
             # Float32 copies, cast back: autograd records both casts, so the Function runs
             # in float32 and the gradients come back in the inputs' dtype (DESIGN §12).
-            check_conv_args(a, weight, order, arg_name)
+            check_conv_args(a, weight, order, arg_name, dims)
             return op(a.float(), weight.float(), order).to(a.dtype)
         if _needs_autograd(a, weight):
             return function.apply(a, weight, order)
@@ -174,8 +224,7 @@ def _solve(function, a: Tensor, weight: Tensor, order: str) -> Tensor:
     """The op itself when no derivative is wanted (half the per-call overhead: sampling
     calls it once per layer at batch 1), else the Function; under torch.compile always
     the op, since Dynamo can't trace a Function with a custom jvp."""
-    op = (torch.ops.inverseflow.inv_conv2d if function is _InvConv2d
-          else torch.ops.inverseflow.inv_conv2d_transposed)
+    op = function.op
     if torch.compiler.is_compiling():
         return op(a, weight, order)
     if torch._C._are_functorch_transforms_active():
@@ -188,7 +237,7 @@ def _solve(function, a: Tensor, weight: Tensor, order: str) -> Tensor:
 
 
 def _batching_rule(op):
-    """vmap: batch dims of the image fold into N; a batched weight runs one solve each."""
+    """vmap: batch dims of the data fold into N; a batched weight runs one solve each."""
     def rule(info, in_dims, a, weight, order):
         a_dim, weight_dim = in_dims[0], in_dims[1]
         size = info.batch_size
@@ -202,33 +251,9 @@ def _batching_rule(op):
     return rule
 
 
-for _name, _function, _public in (
-        ("inv_conv2d", _InvConv2d, "inverseflow.inv_conv2d"),
-        ("inv_conv2d_transposed", _InvConv2dTransposed,
-         "inverseflow.ops.inv_conv2d_transposed")):
-    _op = getattr(torch.ops.inverseflow, _name).default
-    _LIB.impl(_name, _autograd_kernel(_op, _function, _public), "Autograd", with_keyset=True)
-    torch.library.register_vmap(f"inverseflow::{_name}", _batching_rule(_op), lib=_LIB)
-    _precision.register_float32_autocast(f"inverseflow::{_name}", _LIB)
-
-# The causal conv is plain conv2d on a masked weight, so it is composite: autograd and
-# torch.compile see through it to the native (oneDNN / cuDNN) convolution.
-torch.library.define("inverseflow::causal_conv2d", "(Tensor x, Tensor weight, str order) -> Tensor")
-
-
-@torch.library.impl("inverseflow::causal_conv2d", "CompositeImplicitAutograd")
-def _causal_conv2d_impl(x, weight, order):
-    check_conv_args(x, weight, order, "x")
-    if x.dtype in LOW_PRECISION:   # float32 like the solve it inverts, then back (§12)
-        x32, weight32 = x.float(), weight.float()
-        return _geometry.causal_conv(x32, _geometry.masked_weight(weight32, order),
-                                     order).to(x.dtype)
-    return _geometry.causal_conv(x, _geometry.masked_weight(weight, order), order)
-
-
-# Under autocast the composite would run its conv2d in low precision; this rule (on the
-# Autocast key, above the decomposition) runs all of it in float32 instead.
-_precision.register_float32_autocast("inverseflow::causal_conv2d", _LIB)
+_InvConv2d, _InvConv2dTransposed = _define_ops(2, _geometry)
+_InvConv1d, _InvConv1dTransposed = _define_ops(1, _geometry_nd)
+_InvConv3d, _InvConv3dTransposed = _define_ops(3, _geometry_nd)
 
 
 def inv_conv2d(y: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
@@ -307,3 +332,161 @@ def causal_conv2d(x: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
     """
     check_conv_args(x, weight, order, "x")
     return torch.ops.inverseflow.causal_conv2d(x, weight, order)
+
+
+def inv_conv1d(y: Tensor, weight: Tensor, order: str = "L") -> Tensor:
+    """The unique ``x`` with ``causal_conv1d(x, weight, order) == y``: the 1-D inverse
+    convolution (docs/nd-design.md).
+
+    The inverse of the masked, end-padded 1-D convolution (a causal filter along W), solved
+    along the sequence (``W`` dependent steps; the parallelism is across the batch and the
+    channels), as :func:`inv_conv2d` is for images (Nagar & Varma, "Parallel
+    Backpropagation for Inverse of a Convolution with Application to Normalizing Flows",
+    AISTATS 2025). The map's log-determinant is 0. Differentiable in ``y`` and ``weight``
+    in every mode (backward: one transposed solve plus the standard ``conv1d`` weight
+    gradient); works under ``torch.compile(fullgraph=True)`` and ``vmap``.
+
+    Args:
+        y: (N, C, W) float32 or float64, on CPU or CUDA; non-contiguous is fine.
+            bfloat16/float16 are computed in float32 and returned in their dtype; under
+            ``torch.autocast`` the result is float32.
+        weight: (C, C, kw), or (C, C/2, kw) for ``order="pair"``; same dtype and device as
+            ``y``. The op applies the mask M itself (the centre tap becomes unit lower
+            triangular), so any values are valid; masked entries get a zero gradient.
+        order: ``"L"`` (pad on the left: each position reads the ones before it), ``"R"``
+            (pad on the right) or ``"pair"`` (two channel groups, solved from L and R).
+
+    Returns:
+        ``x``, shaped and typed like ``y`` (contiguous).
+
+    Raises:
+        TypeError: ``y`` or ``weight`` not a tensor, an unsupported dtype, a dtype
+            mismatch, or ``order`` not a str.
+        ValueError: wrong rank or shape, an unknown ``order`` (a 2-D or 3-D order
+            included), C not divisible by 2 for ``pair``, or different devices.
+
+    Like every causal inverse, ``x`` can grow exponentially along the sequence when the
+    off-centre taps are large (see ``InvConv1d.stability_bound``); inf/NaN propagate.
+    """
+    check_conv_args(y, weight, order, "y", dims=1)
+    if torch.compiler.is_compiling():
+        return torch.ops.inverseflow.inv_conv1d(y, weight, order)
+    return _solve(_InvConv1d, y, weight, order)
+
+
+def inv_conv1d_transposed(g: Tensor, weight: Tensor, order: str = "L") -> Tensor:
+    """``u = T(weight)⁻ᵀ g``: the adjoint of :func:`inv_conv1d` (its backward's solve).
+
+    The same solve run from the opposite end with the channel-transposed kernel (Nagar &
+    Varma, AISTATS 2025, §3). Arguments, dtypes, errors and derivatives are those of
+    :func:`inv_conv1d`, with ``g`` (N, C, W) in place of ``y``; returns ``u`` shaped like
+    ``g``.
+    """
+    check_conv_args(g, weight, order, "g", dims=1)
+    if torch.compiler.is_compiling():
+        return torch.ops.inverseflow.inv_conv1d_transposed(g, weight, order)
+    return _solve(_InvConv1dTransposed, g, weight, order)
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, order: str = "L") -> Tensor:
+    """``conv1d(pad(x), M(weight))``: the invertible, end-padded masked 1-D convolution.
+
+    Pads ``kw − 1`` zeros on the order's side and convolves with the masked weight, whose
+    centre tap is unit lower triangular, so the map is triangular with unit diagonal:
+    invertible for every weight, log-determinant 0 (:func:`inv_conv1d` is its inverse;
+    Nagar & Varma, AISTATS 2025, in one dimension). A composite op: plain ``conv1d`` under
+    autograd, ``torch.compile`` and ``torch.export``.
+
+    Args:
+        x: (N, C, W) float32 or float64 (bfloat16/float16 computed in float32).
+        weight: (C, C, kw), or (C, C/2, kw) for ``order="pair"``.
+        order: ``"L"``, ``"R"`` or ``"pair"``.
+
+    Returns:
+        ``y``, shaped like ``x``. Differentiable in both (masked entries: zero gradient).
+
+    Raises:
+        TypeError, ValueError: as :func:`inv_conv1d`, naming ``x``.
+    """
+    check_conv_args(x, weight, order, "x", dims=1)
+    return torch.ops.inverseflow.causal_conv1d(x, weight, order)
+
+
+def inv_conv3d(y: Tensor, weight: Tensor, order: str = "NTL") -> Tensor:
+    """The unique ``x`` with ``causal_conv3d(x, weight, order) == y``: the 3-D inverse
+    convolution (docs/nd-design.md).
+
+    The inverse of the masked, corner-padded 3-D convolution, computed by the wavefront
+    solve over the planes ``d + h + w = const`` (``D + H + W − 2`` dependent steps for
+    ``D·H·W`` voxels) of Nagar & Varma, "Parallel Backpropagation for Inverse of a
+    Convolution with Application to Normalizing Flows", AISTATS 2025, carried to volumes.
+    The map's log-determinant is 0. Differentiable in ``y`` and ``weight`` in every mode
+    (backward: one transposed solve plus the standard ``conv3d`` weight gradient); works
+    under ``torch.compile(fullgraph=True)`` and ``vmap``.
+
+    Args:
+        y: (N, C, D, H, W) float32 or float64, on CPU or CUDA; non-contiguous is fine.
+            bfloat16/float16 are computed in float32 and returned in their dtype; under
+            ``torch.autocast`` the result is float32.
+        weight: (C, C, kd, kh, kw), or (C, C/8, kd, kh, kw) for ``order="oct"``; same
+            dtype and device as ``y``. The op applies the mask M itself, so any values are
+            valid; masked entries get a zero gradient.
+        order: the padded corner, one letter per axis (depth ``N``ear/``F``ar, height
+            ``T``op/``B``ottom, width ``L``eft/``R``ight): ``"NTL"``, ``"NTR"``, ``"NBL"``,
+            ``"NBR"``, ``"FTL"``, ``"FTR"``, ``"FBL"``, ``"FBR"``; or ``"oct"`` (eight
+            channel groups, group g solved from the g-th corner in that list).
+
+    Returns:
+        ``x``, shaped and typed like ``y`` (contiguous).
+
+    Raises:
+        TypeError: ``y`` or ``weight`` not a tensor, an unsupported dtype, a dtype
+            mismatch, or ``order`` not a str.
+        ValueError: wrong rank or shape, an unknown ``order`` (a 1-D or 2-D order
+            included), C not divisible by 8 for ``oct``, or different devices.
+
+    Like every causal inverse, ``x`` can grow exponentially across the volume when the
+    off-centre taps are large (see ``InvConv3d.stability_bound``); inf/NaN propagate.
+    """
+    check_conv_args(y, weight, order, "y", dims=3)
+    if torch.compiler.is_compiling():
+        return torch.ops.inverseflow.inv_conv3d(y, weight, order)
+    return _solve(_InvConv3d, y, weight, order)
+
+
+def inv_conv3d_transposed(g: Tensor, weight: Tensor, order: str = "NTL") -> Tensor:
+    """``u = T(weight)⁻ᵀ g``: the adjoint of :func:`inv_conv3d` (its backward's solve).
+
+    The same wavefront solve run from the opposite corner with the channel-transposed
+    kernel (Nagar & Varma, AISTATS 2025, §3). Arguments, dtypes, errors and derivatives
+    are those of :func:`inv_conv3d`, with ``g`` (N, C, D, H, W) in place of ``y``; returns
+    ``u`` shaped like ``g``.
+    """
+    check_conv_args(g, weight, order, "g", dims=3)
+    if torch.compiler.is_compiling():
+        return torch.ops.inverseflow.inv_conv3d_transposed(g, weight, order)
+    return _solve(_InvConv3dTransposed, g, weight, order)
+
+
+def causal_conv3d(x: Tensor, weight: Tensor, order: str = "NTL") -> Tensor:
+    """``conv3d(pad(x), M(weight))``: the invertible, corner-padded masked 3-D convolution.
+
+    Pads ``k − 1`` zeros on the corner's side of each axis and convolves with the masked
+    weight, whose centre tap is unit lower triangular, so the map is triangular with unit
+    diagonal in the corner's voxel order: invertible for every weight, log-determinant 0
+    (:func:`inv_conv3d` is its inverse; Nagar & Varma, AISTATS 2025, in three dimensions).
+    A composite op: plain ``conv3d`` under autograd, ``torch.compile`` and ``torch.export``.
+
+    Args:
+        x: (N, C, D, H, W) float32 or float64 (bfloat16/float16 computed in float32).
+        weight: (C, C, kd, kh, kw), or (C, C/8, kd, kh, kw) for ``order="oct"``.
+        order: one of the eight corners (``"NTL"`` … ``"FBR"``) or ``"oct"``.
+
+    Returns:
+        ``y``, shaped like ``x``. Differentiable in both (masked entries: zero gradient).
+
+    Raises:
+        TypeError, ValueError: as :func:`inv_conv3d`, naming ``x``.
+    """
+    check_conv_args(x, weight, order, "x", dims=3)
+    return torch.ops.inverseflow.causal_conv3d(x, weight, order)
