@@ -6,13 +6,17 @@ import argparse
 import sys
 
 from . import render
-from .spec import DIRECTIONS, DTYPES, Layer, SpecError, load_specs, parse_kernel, parse_specs
+from .spec import (DIMS_OF_PATTERN, DIRECTIONS, DTYPES, PATTERNS, SpecError, layer_for,
+                   load_specs, parse_kernel, parse_specs)
 
 
 def _add(args) -> int:
-    kh, kw = parse_kernel(args.kernel)
-    layer = Layer(kh, kw, args.channels, args.pattern.lower(),
-                  tuple(args.dtypes or DTYPES), tuple(args.directions or DIRECTIONS))
+    pattern = args.pattern.lower()
+    if pattern not in PATTERNS:
+        raise SpecError(f"pattern: {pattern!r} must be one of {', '.join(PATTERNS)}")
+    layer = layer_for(parse_kernel(args.kernel, DIMS_OF_PATTERN[pattern]), args.channels,
+                      pattern, dtypes=tuple(args.dtypes or DTYPES),
+                      directions=tuple(args.directions or DIRECTIONS))
     text = render.SPECS.read_text()
     layers = parse_specs(text, str(render.SPECS))
     if any(existing.shape_key == layer.shape_key for existing in layers):
@@ -32,9 +36,12 @@ def main(argv=None) -> int:
                         help="exit non-zero when generated/ differs from a fresh render")
     sub = parser.add_subparsers(dest="command")
     add = sub.add_parser("add", help="add a layer shape to specs.toml and regenerate")
-    add.add_argument("--kernel", required=True, help="KHxKW, e.g. 5x5 or 1x3")
+    add.add_argument("--kernel", required=True,
+                     help="KW (1-D), KHxKW (2-D) or KDxKHxKW (3-D), e.g. 5, 5x5 or 3x3x3")
     add.add_argument("--channels", required=True, type=int)
-    add.add_argument("--pattern", required=True, help="tl, tr, bl, br or quad")
+    add.add_argument("--pattern", required=True,
+                     help="1-D: l, r, pair; 2-D: tl, tr, bl, br, quad; 3-D: ntl, ntr, nbl, "
+                          "nbr, ftl, ftr, fbl, fbr, oct")
     add.add_argument("--dtypes", nargs="+", choices=DTYPES)
     add.add_argument("--directions", nargs="+", choices=DIRECTIONS)
     sub.add_parser("list", help="list the specs")

@@ -3,7 +3,9 @@
 A :class:`Layer` is one entry of the spec file (a layer shape). It expands into one
 :class:`Spec` per backend x dtype x direction. Every name (file, symbol, key) is derived
 from the fields, always in the axis order kernel, channels, pattern, dtype, direction,
-backend.
+backend. A layer is 1-D, 2-D or 3-D (docs/nd-design.md): its pattern belongs to one
+dimension and its kernel has that many sizes (``"5"``, ``"3x3"``, ``"3x3x3"``); every
+kernel is compiled as 3-D, with kd = 1 (and kh = 1) for the lower dimensions.
 """
 
 from __future__ import annotations
@@ -16,13 +18,25 @@ except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 from pathlib import Path
 
-PATTERNS = ("tl", "tr", "bl", "br", "quad")
+# The patterns of each dimension: its corners in group order, then the group pattern.
+PATTERNS_BY_DIMS = {
+    1: ("l", "r", "pair"),
+    2: ("tl", "tr", "bl", "br", "quad"),
+    3: ("ntl", "ntr", "nbl", "nbr", "ftl", "ftr", "fbl", "fbr", "oct"),
+}
+PATTERNS = tuple(p for patterns in PATTERNS_BY_DIMS.values() for p in patterns)
+DIMS_OF_PATTERN = {p: d for d, patterns in PATTERNS_BY_DIMS.items() for p in patterns}
+GROUPS = {"pair": 2, "quad": 4, "oct": 8}
 DTYPES = ("float32", "float64")
 DIRECTIONS = ("solve", "transposed")
 BACKENDS = ("cpu", "cuda")
 
-# Codes shared with csrc/invconv/common.h (enum Pattern, DType, Direction).
-PATTERN_CODE = {p: i for i, p in enumerate(PATTERNS)}
+# Codes shared with csrc/invconv/common.h (enum Pattern, DType, Direction). A corner of a
+# lower dimension is the 3-D corner on the near side of the missing axes, so it shares
+# its code (l = tl = ntl = 0); the far-depth corners come after the group patterns.
+PATTERN_CODE = {"tl": 0, "tr": 1, "bl": 2, "br": 3, "quad": 4, "pair": 5, "oct": 6,
+                "ftl": 7, "ftr": 8, "fbl": 9, "fbr": 10,
+                "l": 0, "r": 1, "ntl": 0, "ntr": 1, "nbl": 2, "nbr": 3}
 DTYPE_CODE = {d: i for i, d in enumerate(DTYPES)}
 DIRECTION_CODE = {d: i for i, d in enumerate(DIRECTIONS)}
 DTYPE_SHORT = {"float32": "f32", "float64": "f64"}
@@ -47,10 +61,15 @@ class Spec:
     pattern: str
     dtype: str
     direction: str
+    kd: int = 1
+
+    @property
+    def dims(self) -> int:
+        return DIMS_OF_PATTERN[self.pattern]
 
     @property
     def groups(self) -> int:
-        return 4 if self.pattern == "quad" else 1
+        return GROUPS.get(self.pattern, 1)
 
     @property
     def group_channels(self) -> int:
@@ -58,12 +77,13 @@ class Spec:
 
     @property
     def symbol(self) -> str:
-        return (f"invconv_k{self.kh}x{self.kw}_c{self.channels}_{self.pattern}_"
+        return (f"invconv_k{kernel_name(self)}_c{self.channels}_{self.pattern}_"
                 f"{DTYPE_SHORT[self.dtype]}_{self.direction}_{self.backend}")
 
     @property
     def key(self) -> tuple:
-        return (self.kh, self.kw, self.channels, self.pattern, self.dtype, self.direction)
+        return (self.kd, self.kh, self.kw, self.channels, self.pattern, self.dtype,
+                self.direction)
 
     @property
     def cpp_type(self) -> str:
@@ -85,18 +105,25 @@ class Layer:
     pattern: str
     dtypes: tuple = DTYPES
     directions: tuple = DIRECTIONS
+    kd: int = 1
 
     def __post_init__(self):
-        for name in ("kh", "kw"):
+        for name in ("kd", "kh", "kw"):
             value = getattr(self, name)
-            if not 1 <= value <= MAX_KERNEL:
+            if not isinstance(value, int) or not 1 <= value <= MAX_KERNEL:
                 raise SpecError(f"kernel: {name}={value} must be in 1..{MAX_KERNEL}")
         if not 1 <= self.channels <= MAX_CHANNELS:
             raise SpecError(f"channels: {self.channels} must be in 1..{MAX_CHANNELS}")
         if self.pattern not in PATTERNS:
             raise SpecError(f"pattern: {self.pattern!r} must be one of {', '.join(PATTERNS)}")
-        if self.pattern == "quad" and self.channels % 4:
-            raise SpecError(f"channels: {self.channels} must be divisible by 4 for quad")
+        dims = DIMS_OF_PATTERN[self.pattern]
+        if (dims < 3 and self.kd != 1) or (dims < 2 and self.kh != 1):
+            raise SpecError(f"kernel: pattern {self.pattern!r} is {dims}-D, so the kernel "
+                            f"has {dims} size(s); got {kernel_name(self, 3)}")
+        groups = GROUPS.get(self.pattern, 1)
+        if self.channels % groups:
+            raise SpecError(f"channels: {self.channels} must be divisible by {groups} for "
+                            f"{self.pattern}")
         for field, allowed in (("dtypes", DTYPES), ("directions", DIRECTIONS)):
             values = getattr(self, field)
             if not values or len(set(values)) != len(values):
@@ -106,22 +133,33 @@ class Layer:
                 raise SpecError(f"{field}: {bad[0]!r} must be one of {', '.join(allowed)}")
 
     @property
+    def dims(self) -> int:
+        return DIMS_OF_PATTERN[self.pattern]
+
+    @property
+    def kernel(self) -> tuple:
+        """The kernel sizes of the layer's own dimension, in axis order."""
+        return (self.kd, self.kh, self.kw)[3 - self.dims:]
+
+    @property
     def stem(self) -> str:
-        return f"invconv_k{self.kh}x{self.kw}_c{self.channels}_{self.pattern}"
+        return f"invconv_k{kernel_name(self)}_c{self.channels}_{self.pattern}"
 
     @property
     def shape_key(self) -> tuple:
-        return (self.kh, self.kw, self.channels, self.pattern)
+        """What the compiled code is keyed on: a 1-D ``l`` layer of kernel 5 and a 2-D
+        ``tl`` layer of kernel 1x5 are the same kernel, and so the same key."""
+        return (self.kd, self.kh, self.kw, self.channels, PATTERN_CODE[self.pattern])
 
     def filename(self, backend: str) -> str:
         return f"{backend}/{self.stem}_{backend}.{'cu' if backend == 'cuda' else 'cpp'}"
 
     def specs(self, backend: str) -> list[Spec]:
-        return [Spec(backend, self.kh, self.kw, self.channels, self.pattern, d, r)
+        return [Spec(backend, self.kh, self.kw, self.channels, self.pattern, d, r, self.kd)
                 for d in self.dtypes for r in self.directions]
 
     def to_toml(self) -> str:
-        lines = ["[[layer]]", f'kernel = "{self.kh}x{self.kw}"',
+        lines = ["[[layer]]", f'kernel = "{kernel_name(self)}"',
                  f"channels = {self.channels}", f'pattern = "{self.pattern}"']
         if self.dtypes != DTYPES:
             lines.append("dtypes = [" + ", ".join(f'"{d}"' for d in self.dtypes) + "]")
@@ -130,20 +168,39 @@ class Layer:
         return "\n".join(lines) + "\n"
 
 
-_KERNEL_RE = re.compile(r"^\s*(\d+)\s*(?:x\s*(\d+))?\s*$")
+def kernel_name(layer, dims: int | None = None) -> str:
+    """The kernel as written in names: ``5`` (1-D), ``3x3`` (2-D), ``2x3x3`` (3-D)."""
+    sizes = (layer.kd, layer.kh, layer.kw)[3 - (dims or layer.dims):]
+    return "x".join(str(k) for k in sizes)
 
 
-def parse_kernel(text) -> tuple[int, int]:
-    """``"3x3"``, ``"1x5"``, ``"3"`` or ``3`` -> ``(kh, kw)``."""
-    if isinstance(text, bool):
-        raise SpecError(f"kernel: expected 'KHxKW' or an integer, got {text!r}")
+_KERNEL_RE = re.compile(r"^\s*\d+\s*(?:x\s*\d+\s*){0,2}$")
+_KERNEL_FORM = {1: "'KW' (e.g. '5')", 2: "'KHxKW' (e.g. '3x3')", 3: "'KDxKHxKW' (e.g. '3x3x3')"}
+
+
+def parse_kernel(text, dims: int = 2) -> tuple[int, ...]:
+    """The kernel sizes of a ``dims``-D layer, in axis order: ``"3x3"`` or ``3`` ->
+    ``(3, 3)`` in 2-D; ``"5"`` -> ``(5,)`` in 1-D; ``"2x3x3"`` or ``3`` -> a 3-tuple in
+    3-D. One number means the same size on every axis."""
+    form = _KERNEL_FORM[dims]
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise SpecError(f"kernel: expected {form} or an integer, got {text!r}")
     if isinstance(text, int):
-        return text, text
-    match = _KERNEL_RE.match(text) if isinstance(text, str) else None
-    if not match:
-        raise SpecError(f"kernel: expected 'KHxKW' (e.g. '3x3') or an integer, got {text!r}")
-    kh = int(match.group(1))
-    return kh, int(match.group(2) or kh)
+        return (text,) * dims
+    if not _KERNEL_RE.match(text):
+        raise SpecError(f"kernel: expected {form} or an integer, got {text!r}")
+    sizes = tuple(int(part) for part in text.split("x"))
+    if len(sizes) == 1:
+        return sizes * dims
+    if len(sizes) != dims:
+        raise SpecError(f"kernel: a {dims}-D layer's kernel is {form}, got {text!r}")
+    return sizes
+
+
+def layer_for(kernel: tuple[int, ...], channels: int, pattern: str, **optional) -> Layer:
+    """A Layer from the kernel sizes of the pattern's own dimension."""
+    kd, kh, kw = (1,) * (3 - len(kernel)) + tuple(kernel)
+    return Layer(kh, kw, channels, pattern, kd=kd, **optional)
 
 
 def layer_from_entry(entry: dict) -> Layer:
@@ -152,13 +209,17 @@ def layer_from_entry(entry: dict) -> Layer:
     missing = [k for k in ("kernel", "channels", "pattern") if k not in entry]
     if missing:
         raise SpecError(f"{missing[0]}: required field is missing")
-    kh, kw = parse_kernel(entry.pop("kernel"))
+    kernel = entry.pop("kernel")
     channels = entry.pop("channels")
     if not isinstance(channels, int) or isinstance(channels, bool):
         raise SpecError(f"channels: expected an integer, got {channels!r}")
     pattern = entry.pop("pattern")
     if not isinstance(pattern, str):
         raise SpecError(f"pattern: expected a string, got {pattern!r}")
+    pattern = pattern.lower()
+    if pattern not in PATTERNS:
+        raise SpecError(f"pattern: {pattern!r} must be one of {', '.join(PATTERNS)}")
+    sizes = parse_kernel(kernel, DIMS_OF_PATTERN[pattern])
     optional = {}
     for field in ("dtypes", "directions"):
         if field in entry:
@@ -169,7 +230,7 @@ def layer_from_entry(entry: dict) -> Layer:
     if entry:
         raise SpecError(f"{sorted(entry)[0]}: unknown field (allowed: kernel, channels, "
                         "pattern, dtypes, directions)")
-    return Layer(kh, kw, channels, pattern.lower(), **optional)
+    return layer_for(sizes, channels, pattern, **optional)
 
 
 def _entry_lines(text: str) -> list[int]:

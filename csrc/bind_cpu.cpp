@@ -9,8 +9,8 @@ using inverseflow::cpu::solve;
 
 // The generic (runtime-shape) kernels: the same code with no compile-time sizes.
 const inverseflow::GenericTable kGeneric = {
-    {&solve<float, 0, 0, 0, false>, &solve<float, 0, 0, 0, true>},
-    {&solve<double, 0, 0, 0, false>, &solve<double, 0, 0, 0, true>},
+    {&solve<float, 0, 0, 0, 0, false>, &solve<float, 0, 0, 0, 0, true>},
+    {&solve<double, 0, 0, 0, 0, false>, &solve<double, 0, 0, 0, 0, true>},
 };
 
 }  // namespace

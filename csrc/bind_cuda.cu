@@ -10,10 +10,10 @@
 #include "invconv/cuda_solve.cuh"
 
 // The one instantiation of the generic kernels (cuda_solve.cuh declares them extern).
-template void inverseflow::cuda::solve<float, 0, 0, 0, false>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<float, 0, 0, 0, true>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, false>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, true>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, false>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, true>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, false>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, true>(const inverseflow::SolveArgs&);
 
 namespace {
 
@@ -21,8 +21,8 @@ using inverseflow::cuda::solve;
 
 // The generic (runtime-shape) kernels: the same code with no compile-time sizes.
 const inverseflow::GenericTable kGeneric = {
-    {&solve<float, 0, 0, 0, false>, &solve<float, 0, 0, 0, true>},
-    {&solve<double, 0, 0, 0, false>, &solve<double, 0, 0, 0, true>},
+    {&solve<float, 0, 0, 0, 0, false>, &solve<float, 0, 0, 0, 0, true>},
+    {&solve<double, 0, 0, 0, 0, false>, &solve<double, 0, 0, 0, 0, true>},
 };
 
 }  // namespace

@@ -26,6 +26,12 @@ set(INVERSEFLOW_SPEC_STEMS
   invconv_k5x5_c12_tl
   invconv_k5x5_c12_quad
   invconv_k5x5_c48_tl
+  invconv_k3_c8_l
+  invconv_k3_c8_pair
+  invconv_k5_c16_l
+  invconv_k3x3x3_c4_ntl
+  invconv_k3x3x3_c8_ntl
+  invconv_k2x2x2_c8_oct
 )
 set(INVERSEFLOW_CPU_SOURCE_invconv_k2x2_c4_tl generated/cpu/invconv_k2x2_c4_tl_cpu.cpp)
 set(INVERSEFLOW_CUDA_SOURCE_invconv_k2x2_c4_tl generated/cuda/invconv_k2x2_c4_tl_cuda.cu)
@@ -75,5 +81,17 @@ set(INVERSEFLOW_CPU_SOURCE_invconv_k5x5_c12_quad generated/cpu/invconv_k5x5_c12_
 set(INVERSEFLOW_CUDA_SOURCE_invconv_k5x5_c12_quad generated/cuda/invconv_k5x5_c12_quad_cuda.cu)
 set(INVERSEFLOW_CPU_SOURCE_invconv_k5x5_c48_tl generated/cpu/invconv_k5x5_c48_tl_cpu.cpp)
 set(INVERSEFLOW_CUDA_SOURCE_invconv_k5x5_c48_tl generated/cuda/invconv_k5x5_c48_tl_cuda.cu)
+set(INVERSEFLOW_CPU_SOURCE_invconv_k3_c8_l generated/cpu/invconv_k3_c8_l_cpu.cpp)
+set(INVERSEFLOW_CUDA_SOURCE_invconv_k3_c8_l generated/cuda/invconv_k3_c8_l_cuda.cu)
+set(INVERSEFLOW_CPU_SOURCE_invconv_k3_c8_pair generated/cpu/invconv_k3_c8_pair_cpu.cpp)
+set(INVERSEFLOW_CUDA_SOURCE_invconv_k3_c8_pair generated/cuda/invconv_k3_c8_pair_cuda.cu)
+set(INVERSEFLOW_CPU_SOURCE_invconv_k5_c16_l generated/cpu/invconv_k5_c16_l_cpu.cpp)
+set(INVERSEFLOW_CUDA_SOURCE_invconv_k5_c16_l generated/cuda/invconv_k5_c16_l_cuda.cu)
+set(INVERSEFLOW_CPU_SOURCE_invconv_k3x3x3_c4_ntl generated/cpu/invconv_k3x3x3_c4_ntl_cpu.cpp)
+set(INVERSEFLOW_CUDA_SOURCE_invconv_k3x3x3_c4_ntl generated/cuda/invconv_k3x3x3_c4_ntl_cuda.cu)
+set(INVERSEFLOW_CPU_SOURCE_invconv_k3x3x3_c8_ntl generated/cpu/invconv_k3x3x3_c8_ntl_cpu.cpp)
+set(INVERSEFLOW_CUDA_SOURCE_invconv_k3x3x3_c8_ntl generated/cuda/invconv_k3x3x3_c8_ntl_cuda.cu)
+set(INVERSEFLOW_CPU_SOURCE_invconv_k2x2x2_c8_oct generated/cpu/invconv_k2x2x2_c8_oct_cpu.cpp)
+set(INVERSEFLOW_CUDA_SOURCE_invconv_k2x2x2_c8_oct generated/cuda/invconv_k2x2x2_c8_oct_cuda.cu)
 set(INVERSEFLOW_CPU_REGISTRY generated/registry_cpu.cpp)
 set(INVERSEFLOW_CUDA_REGISTRY generated/registry_cuda.cu)

@@ -6,7 +6,22 @@ import torch
 
 from .ops import _backends
 
-PATTERNS = ("tl", "tr", "bl", "br", "quad")
+# Row order; each dimension's patterns, as codegen/spec.py lists them.
+PATTERNS = ("tl", "tr", "bl", "br", "quad", "l", "r", "pair",
+            "ntl", "ntr", "nbl", "nbr", "ftl", "ftr", "fbl", "fbr", "oct")
+# Pattern code (csrc/invconv/common.h) -> name, per dimension.
+_PATTERN_NAMES = {
+    1: {0: "l", 1: "r", 5: "pair"},
+    2: {0: "tl", 1: "tr", 2: "bl", 3: "br", 4: "quad"},
+    3: {0: "ntl", 1: "ntr", 2: "nbl", 3: "nbr", 6: "oct", 7: "ftl", 8: "ftr", 9: "fbl", 10: "fbr"},
+}
+
+
+def _kernel_and_pattern(row: dict) -> tuple[str, str]:
+    """A compiled specialization's kernel text and pattern name, in its own dimension."""
+    dims = row.get("dims", 2)
+    sizes = (row.get("kd", 1), row["kh"], row["kw"])[3 - dims:]
+    return "x".join(str(k) for k in sizes), _PATTERN_NAMES[dims].get(row["pattern"], "?")
 DTYPES = ("float32", "float64")
 DIRECTIONS = ("solve", "transposed")
 
@@ -21,10 +36,11 @@ def collect() -> dict:
         if error is None:
             module = _backends.cpu_module() if backend == "cpu" else _backends.cuda_module()
             entry["specializations"] = [
-                {"name": s["name"], "kernel": f"{s['kh']}x{s['kw']}", "channels": s["channels"],
-                 "pattern": PATTERNS[s["pattern"]], "dtype": DTYPES[s["dtype"]],
+                {"name": s["name"], "kernel": kernel, "channels": s["channels"],
+                 "pattern": pattern, "dtype": DTYPES[s["dtype"]],
                  "direction": DIRECTIONS[s["direction"]]}
-                for s in module.specializations()]
+                for s in module.specializations()
+                for kernel, pattern in [_kernel_and_pattern(s)]]
             if backend == "cuda":
                 try:
                     entry["devices"] = module.device_count()
@@ -54,12 +70,12 @@ DEFAULT_SOURCE = "build"
 
 
 def _row_order(key: tuple) -> tuple:
-    """Sort key of a (kernel "KHxKW", channels, pattern, source) row: by kernel size,
-    channels, the pattern's place in PATTERNS, then the build's rows before others."""
+    """Sort key of a (kernel "KHxKW", channels, pattern, source) row: by dimension, kernel
+    size, channels, the pattern's place in PATTERNS, then the build's rows before others."""
     kernel, channels, pattern, source = key
-    kh, _, kw = kernel.partition("x")
+    sizes = tuple(int(k) for k in kernel.split("x") if k.isdigit())
     rank = PATTERNS.index(pattern) if pattern in PATTERNS else len(PATTERNS)
-    return (int(kh), int(kw or kh), channels, rank, pattern, source != DEFAULT_SOURCE, source)
+    return (len(sizes), sizes, channels, rank, pattern, source != DEFAULT_SOURCE, source)
 
 
 def _in_order(values, known: tuple) -> list:

@@ -92,10 +92,12 @@ def cpu_flags() -> list[str]:
 
 
 def specialization_stems(shapes_and_patterns) -> list[str]:
-    """Generated CUDA layers (file stems) that serve any of (channels, kh, kw, pattern)."""
+    """Generated CUDA layers (file stems) that serve any of (channels, *kernel, pattern),
+    the kernel given by its 1 to 3 sizes (``(8, 3, "l")``, ``(4, 3, 3, "tl")``,
+    ``(8, 2, 2, 2, "oct")``)."""
     stems = set()
-    for channels, kh, kw, pattern in shapes_and_patterns:
-        stem = f"invconv_k{kh}x{kw}_c{channels}_{pattern.lower()}"
+    for channels, *kernel, pattern in shapes_and_patterns:
+        stem = f"invconv_k{'x'.join(str(k) for k in kernel)}_c{channels}_{pattern.lower()}"
         if (GENERATED_CUDA / f"{stem}_cuda.cu").exists():
             stems.add(stem)
     return sorted(stems)

@@ -58,8 +58,21 @@ SHAPES = [
     (3, 5, 3, 4, 2, 2),    # odd C: no quad
     (3, 12, 2, 3, 1, 1),   # 1 x 1
 ]
+# 1-D and 3-D (docs/nd-design.md): (batch, channels, spatial sizes, kernel sizes). The
+# first of each dimension has generated specializations (l and pair; ntl and oct).
+ND_SHAPES = [
+    (3, 8, (9,), (3,)),
+    (2, 4, (6,), (4,)),           # generic
+    (3, 8, (3, 3, 4), (2, 2, 2)),
+    (2, 4, (3, 4, 3), (3, 3, 3)),
+    (3, 8, (2, 3, 5), (2, 3, 1)),  # generic, kd != kh != kw
+    (2, 8, (4, 1, 3), (2, 1, 2)),  # H = 1
+]
+ND_PATTERNS = {1: ("l", "pair"), 3: ("ntl", "oct")}
 STEMS = cuda_emulation.specialization_stems(
-    (c, kh, kw, pattern) for _, c, _, _, kh, kw in SHAPES for pattern in ("tl", "quad"))
+    [(c, kh, kw, pattern) for _, c, _, _, kh, kw in SHAPES for pattern in ("tl", "quad")]
+    + [(c, *kernel, pattern) for _, c, _, kernel in ND_SHAPES
+       for pattern in ND_PATTERNS[len(kernel)]])
 
 
 def _shape_id(shape):
@@ -125,11 +138,14 @@ def _inputs(shape, order, dtype, rng):
 
 
 def _solve(module, y, weight, order, direction, force_generic=False):
-    """module.solve on host pointers (NaN-filled output, so an unwritten element shows)."""
-    batch, channels, height, width = y.shape
+    """module.solve on host pointers (NaN-filled output, so an unwritten element shows);
+    1-D, 2-D or 3-D data, passed as the kernels take it: 3-D with leading sizes of 1."""
+    missing = 5 - y.dim()
+    depth, height, width = (1,) * missing + tuple(y.shape[2:])
+    kd, kh, kw = (1,) * missing + tuple(weight.shape[2:])
     x = torch.full_like(y, float("nan"))
-    name = module.solve(y.data_ptr(), weight.data_ptr(), x.data_ptr(), batch, channels,
-                        height, width, weight.shape[2], weight.shape[3],
+    name = module.solve(y.data_ptr(), weight.data_ptr(), x.data_ptr(), y.shape[0], y.shape[1],
+                        depth, height, width, kd, kh, kw,
                         _dispatch.PATTERN_CODE[order], _dispatch.DTYPE_CODE[y.dtype],
                         direction, 1, 0, force_generic)
     return x, name
@@ -237,7 +253,8 @@ def test_thread_sanitizer_finds_no_race():
     """Small cases of every path with concurrent threads under -fsanitize=thread."""
     try:
         exe = cuda_emulation.build_tsan_check(
-            cuda_emulation.specialization_stems([(4, 3, 3, "tl"), (4, 3, 3, "quad")]))
+            cuda_emulation.specialization_stems([(4, 3, 3, "tl"), (4, 3, 3, "quad"),
+                                                 (8, 2, 2, 2, "oct"), (8, 3, "pair")]))
     except cuda_emulation.BuildError as exc:
         pytest.fail(str(exc))
     # First, that this build reports a race at all: a kernel with a missing barrier.
@@ -246,4 +263,99 @@ def test_thread_sanitizer_finds_no_race():
     proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert "ThreadSanitizer" not in out and proc.returncode == 0, out[-8000:]
-    assert "0 of 48 cases wrong" in proc.stdout, proc.stdout[-4000:]
+    assert "0 of 84 cases wrong" in proc.stdout, proc.stdout[-4000:]
+
+
+# --- 1-D and 3-D: the same kernels with depth (and height) of 1 or more (docs/nd-design.md)
+
+ND_ORDERS = {1: ("L", "R", "pair"),
+             3: ("NTL", "NTR", "NBL", "NBR", "FTL", "FTR", "FBL", "FBR", "oct")}
+
+
+def _nd_id(shape):
+    batch, channels, spatial, kernel = shape
+    return (f"B{batch}C{channels}S{'x'.join(map(str, spatial))}"
+            f"k{'x'.join(map(str, kernel))}")
+
+
+def _nd_inputs(shape, order, dtype, rng):
+    batch, channels, spatial, kernel = shape
+    groups = 2 ** len(kernel) if order in ("pair", "oct") else 1
+    scale = 0.3 / max(kernel)
+    weight = scale * torch.randn(channels, channels // groups, *kernel, generator=rng,
+                                 dtype=torch.float64)
+    y = torch.randn(batch, channels, *spatial, generator=rng, dtype=torch.float64)
+    return y.to(dtype), weight.to(dtype)
+
+
+def _force_nd_path(emu, path, shape, order, dtype, schedule="serial_reverse"):
+    _, channels, spatial, kernel = shape
+    groups = 2 ** len(kernel) if order in ("pair", "oct") else 1
+    cg, elem = channels // groups, torch.finfo(dtype).bits // 8
+    taps, padded = 1, 1
+    for n, k in zip(spatial, kernel):
+        taps, padded = taps * k, padded * (n + k - 1)
+    weight_bytes = (taps + 1) * cg * cg * elem
+    buf_bytes = padded * cg * elem
+    smem, sms = {"shared_x": (weight_bytes + buf_bytes, 132),
+                 "global_x": (weight_bytes + buf_bytes - 1, 132),
+                 "global_workspace": (weight_bytes - 1, 1)}[path]
+    emu.set_device(smem_optin=smem, sm_count=sms, max_grid_x=GRID_SAMPLES * groups,
+                   schedule=schedule)
+
+
+def _nd_cases():
+    for shape in ND_SHAPES:
+        for order in ND_ORDERS[len(shape[3])]:
+            if order in ("pair", "oct") and shape[1] % 2 ** len(shape[3]):
+                continue
+            for path in PATHS:
+                yield pytest.param(shape, order, path, id=f"{_nd_id(shape)}-{order}-{path}")
+
+
+@pytest.mark.parametrize("shape,order,path", list(_nd_cases()))
+def test_nd_emulated_matches_cpu_and_oracle(emu, cpu_ref, shape, order, path, rng):
+    """Every 1-D and 3-D order on every path: bit for bit the CPU kernel, and in float64
+    the dense oracle's solve (tests/oracle_nd.py, independent of both kernels)."""
+    import oracle_nd
+
+    for dtype in DTYPES:
+        for direction in DIRECTIONS:
+            what = f"{_nd_id(shape)} {order} {path} {dtype} direction={direction}"
+            y, weight = _nd_inputs(shape, order, dtype, rng)
+            x_cpu, cpu_name = _solve(cpu_ref, y, weight, order, direction)
+            _force_nd_path(emu, path, shape, order, dtype)
+            x, name, launches = _emulated(emu, y, weight, order, direction)
+            assert name == cpu_name.replace("_cpu", "_cuda"), (what, name, cpu_name)
+            assert len(launches) == 1 and launches[0]["path"] == path, (what, launches)
+            assert torch.equal(x, x_cpu), f"{what} ({name}): {_mismatch(x, x_cpu)}"
+            if dtype == torch.float64:
+                dense = oracle_nd.dense(weight, order, shape[2])
+                matrix = dense if direction == _dispatch.SOLVE else dense.T
+                flat = y.reshape(y.shape[0], -1).T
+                ref = torch.linalg.solve(matrix, flat).T.reshape(y.shape)
+                err = oracle.rel_err(x, ref)
+                assert err <= 1e-10, f"{what} ({name}) vs the dense oracle: {err:.3e}"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_nd_concurrent_schedule(emu, cpu_ref, path, rng):
+    """3-D hyperplanes span several depths: threads running freely between barriers must
+    still give the CPU kernel's bits."""
+    shape = (3, 8, (3, 3, 4), (2, 2, 2))
+    for order in ("FBR", "oct", "NTL"):
+        for direction in DIRECTIONS:
+            y, weight = _nd_inputs(shape, order, torch.float32, rng)
+            x_cpu, _ = _solve(cpu_ref, y, weight, order, direction)
+            _force_nd_path(emu, path, shape, order, torch.float32, schedule="concurrent")
+            x, name, _ = _emulated(emu, y, weight, order, direction)
+            assert torch.equal(x, x_cpu), f"{order} {path} ({name}): {_mismatch(x, x_cpu)}"
+
+
+def test_nd_plan_counts_the_volume(emu):
+    """The shared path holds the padded volume: (D+kd−1)(H+kh−1)(W+kw−1)·cg values."""
+    emu.set_device()
+    plan = emu.plan(batch=2, channels=8, height=6, width=7, kh=3, kw=2,
+                    pattern=_dispatch.PATTERN_CODE["oct"], elem_bytes=8, depth=5, kd=2)
+    assert plan["path"] == "shared_x" and plan["blocks"] == 16
+    assert plan["smem_bytes"] == (2 * 3 * 2 + 1) * 1 * 8 + (5 + 1) * (6 + 2) * (7 + 1) * 8

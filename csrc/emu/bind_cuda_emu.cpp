@@ -11,10 +11,10 @@
 #include "invconv/cuda_solve.cuh"
 
 // The one instantiation of the generic kernels, as in bind_cuda.cu.
-template void inverseflow::cuda::solve<float, 0, 0, 0, false>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<float, 0, 0, 0, true>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, false>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, true>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, false>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, true>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, false>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, true>(const inverseflow::SolveArgs&);
 
 namespace {
 
@@ -23,8 +23,8 @@ using inverseflow::cuda::solve;
 using inverseflow::cuda::Path;
 
 const inverseflow::GenericTable kGeneric = {
-    {&solve<float, 0, 0, 0, false>, &solve<float, 0, 0, 0, true>},
-    {&solve<double, 0, 0, 0, false>, &solve<double, 0, 0, 0, true>},
+    {&solve<float, 0, 0, 0, 0, false>, &solve<float, 0, 0, 0, 0, true>},
+    {&solve<double, 0, 0, 0, 0, false>, &solve<double, 0, 0, 0, 0, true>},
 };
 
 const char* path_name(Path path) {
@@ -74,9 +74,9 @@ PYBIND11_MODULE(_cuda_emu, m) {
   m.def(
       "plan",
       [&dev](int64_t batch, int64_t channels, int64_t height, int64_t width, int kh, int kw,
-             int pattern, int elem_bytes) {
-        inverseflow::SolveArgs args{nullptr, nullptr, nullptr, batch, channels, height, width,
-                                    kh, kw, pattern, 1, nullptr};
+             int pattern, int elem_bytes, int64_t depth, int kd) {
+        inverseflow::SolveArgs args{nullptr, nullptr, nullptr, batch, channels, depth, height,
+                                    width, kd, kh, kw, pattern, 1, nullptr};
         std::lock_guard<std::recursive_mutex> lock(dev.mu);
         const auto plan = inverseflow::cuda::plan_launch(dev.limits, args, elem_bytes);
         py::dict d;
@@ -88,7 +88,8 @@ PYBIND11_MODULE(_cuda_emu, m) {
         return d;
       },
       py::arg("batch"), py::arg("channels"), py::arg("height"), py::arg("width"), py::arg("kh"),
-      py::arg("kw"), py::arg("pattern"), py::arg("elem_bytes"),
+      py::arg("kw"), py::arg("pattern"), py::arg("elem_bytes"), py::arg("depth") = 1,
+      py::arg("kd") = 1,
       "plan_launch (csrc/invconv/cuda_launch_plan.h) on the fake device.");
 
   m.def("launches", [&dev]() {

@@ -19,25 +19,29 @@
 #include "invconv/cuda_solve.cuh"  // the emulated launcher (-I csrc/emu first)
 #include "invconv/registry.h"
 
-template void inverseflow::cuda::solve<float, 0, 0, 0, false>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<float, 0, 0, 0, true>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, false>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, true>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, false>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, true>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, false>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, true>(const inverseflow::SolveArgs&);
 
 namespace {
 
 using namespace inverseflow;
 
 struct Case {
-  int batch, channels, height, width, kh, kw, pattern;
+  int batch, channels, depth, height, width, kd, kh, kw, pattern;
 };
 
-// Specialized on the shared path when the build has their layers (k3x3_c4 tl / quad).
+// Specialized on the shared path when the build has their layers (k3x3_c4 tl / quad);
+// then 3-D (a far corner and oct, whose hyperplanes cover several depths) and 1-D (pair).
 const Case kCases[] = {
-    {3, 4, 3, 4, 3, 3, kTL},
-    {3, 4, 3, 4, 3, 3, kQuad},
-    {3, 4, 3, 4, 2, 3, kBR},
-    {2, 4, 3, 3, 2, 2, kTR},
+    {3, 4, 1, 3, 4, 1, 3, 3, kTL},
+    {3, 4, 1, 3, 4, 1, 3, 3, kQuad},
+    {3, 4, 1, 3, 4, 1, 2, 3, kBR},
+    {2, 4, 1, 3, 3, 1, 2, 2, kTR},
+    {2, 3, 3, 2, 4, 2, 2, 3, kFBL},
+    {2, 8, 3, 3, 2, 2, 3, 2, kOct},
+    {3, 4, 1, 1, 7, 1, 1, 3, kPair},
 };
 
 const char* const kPathNames[] = {"shared_x", "global_x", "global_workspace"};
@@ -45,8 +49,9 @@ const char* const kPathNames[] = {"shared_x", "global_x", "global_workspace"};
 // Device limits that force `path` for this case (the boundaries of plan_launch).
 cuda::DeviceLimits limits_for(const Case& c, int path, int elem) {
   const int G = num_groups(c.pattern), cg = c.channels / G;
-  const int weight_bytes = (c.kh * c.kw + 1) * cg * cg * elem;
-  const int buf_bytes = (c.height + c.kh - 1) * (c.width + c.kw - 1) * cg * elem;
+  const int weight_bytes = (c.kd * c.kh * c.kw + 1) * cg * cg * elem;
+  const int buf_bytes =
+      (c.depth + c.kd - 1) * (c.height + c.kh - 1) * (c.width + c.kw - 1) * cg * elem;
   const int grid = 2 * G;  // two samples per grid, so blocks stride over the batch
   if (path == 0) return {weight_bytes + buf_bytes, 132, grid};
   if (path == 1) return {weight_bytes + buf_bytes - 1, 132, grid};
@@ -56,7 +61,8 @@ cuda::DeviceLimits limits_for(const Case& c, int path, int elem) {
 SolveFn lookup(const Case& c, int dtype, int direction, SolveFn generic, std::string* name) {
   for (int i = 0; i < kNumSpecializations; ++i) {
     const SpecEntry& e = kSpecializations[i];
-    if (e.kh == c.kh && e.kw == c.kw && e.channels == c.channels && e.pattern == c.pattern &&
+    if (e.kd == c.kd && e.kh == c.kh && e.kw == c.kw && e.channels == c.channels &&
+        e.pattern == c.pattern &&
         e.dtype == dtype && e.direction == direction) {
       *name = e.name;
       return e.fn;
@@ -69,17 +75,17 @@ SolveFn lookup(const Case& c, int dtype, int direction, SolveFn generic, std::st
 template <typename T, bool Tr>
 bool run(const Case& c, int path, std::mt19937_64& rng) {
   const int G = num_groups(c.pattern);
-  const size_t n = size_t(c.batch) * c.channels * c.height * c.width;
-  const size_t nw = size_t(c.channels) * (c.channels / G) * c.kh * c.kw;
+  const size_t n = size_t(c.batch) * c.channels * c.depth * c.height * c.width;
+  const size_t nw = size_t(c.channels) * (c.channels / G) * c.kd * c.kh * c.kw;
   std::normal_distribution<double> normal;
   const double scale = 0.1 / (c.kh > c.kw ? c.kh : c.kw);
   std::vector<T> y(n), w(nw), x_cpu(n), x_emu(n, std::numeric_limits<T>::quiet_NaN());
   for (T& v : y) v = T(normal(rng));
   for (T& v : w) v = T(normal(rng) * scale);
 
-  SolveArgs args{y.data(), w.data(), x_cpu.data(), c.batch, c.channels, c.height, c.width,
-                 c.kh, c.kw, c.pattern, 1, nullptr};
-  cpu::solve<T, 0, 0, 0, Tr>(args);
+  SolveArgs args{y.data(), w.data(), x_cpu.data(), c.batch, c.channels, c.depth, c.height,
+                 c.width, c.kd, c.kh, c.kw, c.pattern, 1, nullptr};
+  cpu::solve<T, 0, 0, 0, 0, Tr>(args);
 
   auto& dev = emu::fake_device();
   dev.limits = limits_for(c, path, int(sizeof(T)));
@@ -88,7 +94,7 @@ bool run(const Case& c, int path, std::mt19937_64& rng) {
   args.x = x_emu.data();
   std::string name;
   lookup(c, sizeof(T) == 4 ? kFloat32 : kFloat64, Tr ? kTransposed : kSolve,
-         &cuda::solve<T, 0, 0, 0, Tr>, &name)(args);
+         &cuda::solve<T, 0, 0, 0, 0, Tr>, &name)(args);
 
   const bool right_path = !dev.launches.empty() && int(dev.launches.back().path) == path;
   double diff = 0, peak = 0;
@@ -101,9 +107,10 @@ bool run(const Case& c, int path, std::mt19937_64& rng) {
   }
   const double rel = diff / (peak > 0 ? peak : 1), tol = sizeof(T) == 4 ? 1e-5 : 1e-12;
   const bool ok = right_path && rel <= tol;  // NaN fails both comparisons
-  std::printf("%s B%d C%d H%d W%d k%dx%d pattern %d %s %s %s: %s, rel err %.3g, %zu/%zu "
-              "bit-equal%s\n",
-              ok ? "ok  " : "FAIL", c.batch, c.channels, c.height, c.width, c.kh, c.kw,
+  std::printf("%s B%d C%d D%d H%d W%d k%dx%dx%d pattern %d %s %s %s: %s, rel err %.3g, "
+              "%zu/%zu bit-equal%s\n",
+              ok ? "ok  " : "FAIL", c.batch, c.channels, c.depth, c.height, c.width, c.kd,
+              c.kh, c.kw,
               c.pattern, sizeof(T) == 4 ? "f32" : "f64", Tr ? "transposed" : "solve",
               kPathNames[path], name.c_str(), rel, exact, n,
               right_path ? "" : " (launched on another path)");

@@ -1,8 +1,10 @@
 // CPU inverse-convolution solve (DESIGN.md §3 "CPU").
 //
 // Samples sit in the SIMD lanes: a work item packs up to `Lanes` samples of one channel
-// group into a padded buffer laid out [h][w][c][lane], solves it in raster order (every
-// step a full-width FMA, no cross-lane work), and unpacks. OpenMP spreads work items
+// group into a padded buffer laid out [d][h][w][c][lane], solves it in raster order (every
+// step a full-width FMA, no cross-lane work), and unpacks. 2-D data is a volume of depth 1
+// and 1-D data also has height 1 (docs/nd-design.md); their kernels have KD = 1 (and KH = 1)
+// at compile time, so the extra axis costs nothing. OpenMP spreads work items
 // (lane blocks × groups) over threads. Template arguments of 0 mean "given at run time":
 // that instantiation is the generic kernel, the others are the generated specializations.
 #pragma once
@@ -55,40 +57,44 @@ constexpr int chunk_for(int cg) {
   return 1;
 }
 
-// Where one block's samples live in NCHW memory and in the packed buffer.
+// Where one block's samples live in NCDHW memory and in the packed buffer.
 struct BlockLayout {
-  int64_t height, width, padded_width;
-  int64_t sample_stride, channel_stride;  // NCHW strides, in elements
-  int kh, kw, cg;
-  bool flip_rows, flip_cols;
+  int64_t depth, height, width, padded_height, padded_width;
+  int64_t sample_stride, channel_stride;  // NCDHW strides, in elements
+  int kd, kh, kw, cg;
+  bool flip_depth, flip_rows, flip_cols;
 
-  // Index (in vectors) of the packed pixel for image row h, column w, channel c.
-  int64_t packed(int64_t h, int64_t w, int c) const {
+  // Index (in vectors) of the packed voxel for image plane d, row h, column w, channel c.
+  int64_t packed(int64_t d, int64_t h, int64_t w, int c) const {
+    const int64_t dd = (flip_depth ? depth - 1 - d : d) + kd - 1;
     const int64_t hh = (flip_rows ? height - 1 - h : h) + kh - 1;
     const int64_t ww = (flip_cols ? width - 1 - w : w) + kw - 1;
-    return (hh * padded_width + ww) * cg + c;
+    return ((dd * padded_height + hh) * padded_width + ww) * cg + c;
   }
+  int64_t rows() const { return depth * height; }  // image rows, depth-major
 };
 
 // Solves one packed block in place. On entry the interior of `buf` holds y (top-left
 // form) and its border is zero; on exit the interior holds x.
-template <typename T, int Lanes, int CG, int KH, int KW, bool Transposed>
+template <typename T, int Lanes, int CG, int KD, int KH, int KW, bool Transposed>
 void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const BlockLayout& g) {
   using V = typename Vec<T, Lanes>::type;
-  constexpr bool kStatic = CG > 0 && KH > 0 && KW > 0;
+  constexpr bool kStatic = CG > 0 && KD > 0 && KH > 0 && KW > 0;
   const int cg = kStatic ? CG : g.cg;
+  const int kd = kStatic ? KD : g.kd;
   const int kh = kStatic ? KH : g.kh;
   const int kw = kStatic ? KW : g.kw;
-  const int center = (kh - 1) * kw + (kw - 1);
-  const int64_t pw = g.padded_width;
+  const int center = kd * kh * kw - 1;
+  const int64_t pw = g.padded_width, plane = g.padded_height * pw;
   const int64_t cc = int64_t(cg) * cg;
   constexpr int kChunk = kStatic ? chunk_for(CG) : 1;
   const int chunk = kStatic ? kChunk : cg;
   std::vector<V> heap_acc(kStatic ? 0 : cg);
 
+  for (int64_t d = 0; d < g.depth; ++d) {
   for (int64_t h = 0; h < g.height; ++h) {
     for (int64_t w = 0; w < g.width; ++w) {
-      V* out = buf + ((h + kh - 1) * pw + (w + kw - 1)) * cg;
+      V* out = buf + ((d + kd - 1) * plane + (h + kh - 1) * pw + (w + kw - 1)) * cg;
       // With several chunks, later chunks still read y from `out`, so results wait in
       // `staged` until every chunk is done.
       constexpr bool kChunked = kStatic && kChunk < CG;
@@ -109,16 +115,18 @@ void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Bloc
             if (cp != co) s += out[cp] * lin[co * cg + cp];
           acc[c] = s;
         }
-        for (int a = 0; a < kh; ++a) {
-          for (int b = 0; b < kw; ++b) {
-            const int t = a * kw + b;
-            if (t == center) continue;
-            const V* src = buf + ((h + a) * pw + (w + b)) * cg;
-            const T* wt = folded + t * cc + int64_t(c0) * cg;
-            for (int cp = 0; cp < cg; ++cp) {
-              const V xv = src[cp];
+        for (int e = 0; e < kd; ++e) {
+          for (int a = 0; a < kh; ++a) {
+            for (int b = 0; b < kw; ++b) {
+              const int t = (e * kh + a) * kw + b;
+              if (t == center) continue;
+              const V* src = buf + ((d + e) * plane + (h + a) * pw + (w + b)) * cg;
+              const T* wt = folded + t * cc + int64_t(c0) * cg;
+              for (int cp = 0; cp < cg; ++cp) {
+                const V xv = src[cp];
 #pragma GCC unroll 16
-              for (int c = 0; c < chunk; ++c) acc[c] -= wt[c * cg + cp] * xv;
+                for (int c = 0; c < chunk; ++c) acc[c] -= wt[c * cg + cp] * xv;
+              }
             }
           }
         }
@@ -133,6 +141,7 @@ void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Bloc
       if (!kStatic)
         for (int c = 0; c < cg; ++c) out[c] = heap_acc[c];
     }
+  }
   }
 }
 
@@ -170,7 +179,7 @@ inline void transpose_tile(typename Vec<T, Lanes>::type* rows) {
 }
 #endif
 
-// NCHW samples -> packed [h][w][c][lane] (top-left form). Lanes past nb stay zero.
+// NCDHW samples -> packed [d][h][w][c][lane] (top-left form). Lanes past nb stay zero.
 template <typename T, int Lanes>
 void pack_block(const T* y, int nb, const BlockLayout& l, typename Vec<T, Lanes>::type* buf) {
   using V = typename Vec<T, Lanes>::type;
@@ -178,8 +187,9 @@ void pack_block(const T* y, int nb, const BlockLayout& l, typename Vec<T, Lanes>
   if constexpr (Lanes > 1) {
     // Tiles of Lanes samples x Lanes columns, transposed in registers.
     for (int c = 0; c < l.cg; ++c) {
-      for (int64_t h = 0; h < l.height; ++h) {
-        const T* row0 = y + c * l.channel_stride + h * l.width;
+      for (int64_t r = 0; r < l.rows(); ++r) {
+        const int64_t d = r / l.height, h = r % l.height;
+        const T* row0 = y + c * l.channel_stride + r * l.width;
         for (int64_t w0 = 0; w0 < l.width; w0 += Lanes) {
           const int n = int(std::min<int64_t>(Lanes, l.width - w0));
           V tile[Lanes];
@@ -188,7 +198,7 @@ void pack_block(const T* y, int nb, const BlockLayout& l, typename Vec<T, Lanes>
             if (s < nb) std::memcpy(&tile[s], row0 + s * l.sample_stride + w0, n * sizeof(T));
           }
           transpose_tile<T, Lanes>(tile);
-          for (int j = 0; j < n; ++j) buf[l.packed(h, w0 + j, c)] = tile[j];
+          for (int j = 0; j < n; ++j) buf[l.packed(d, h, w0 + j, c)] = tile[j];
         }
       }
     }
@@ -198,25 +208,27 @@ void pack_block(const T* y, int nb, const BlockLayout& l, typename Vec<T, Lanes>
   T* lanes = reinterpret_cast<T*>(buf);
   for (int s = 0; s < nb; ++s)
     for (int c = 0; c < l.cg; ++c)
-      for (int64_t h = 0; h < l.height; ++h) {
-        const T* src = y + s * l.sample_stride + c * l.channel_stride + h * l.width;
-        for (int64_t w = 0; w < l.width; ++w) lanes[l.packed(h, w, c) * Lanes + s] = src[w];
+      for (int64_t r = 0; r < l.rows(); ++r) {
+        const int64_t d = r / l.height, h = r % l.height;
+        const T* src = y + s * l.sample_stride + c * l.channel_stride + r * l.width;
+        for (int64_t w = 0; w < l.width; ++w) lanes[l.packed(d, h, w, c) * Lanes + s] = src[w];
       }
 }
 
-// Packed [h][w][c][lane] -> NCHW samples, the inverse of pack_block for lanes < nb.
+// Packed [d][h][w][c][lane] -> NCDHW samples, the inverse of pack_block for lanes < nb.
 template <typename T, int Lanes>
 void unpack_block(const typename Vec<T, Lanes>::type* buf, int nb, const BlockLayout& l, T* x) {
   using V = typename Vec<T, Lanes>::type;
 #if defined(IFLOW_HAVE_SHUFFLE)
   if constexpr (Lanes > 1) {
     for (int c = 0; c < l.cg; ++c) {
-      for (int64_t h = 0; h < l.height; ++h) {
-        T* row0 = x + c * l.channel_stride + h * l.width;
+      for (int64_t r = 0; r < l.rows(); ++r) {
+        const int64_t d = r / l.height, h = r % l.height;
+        T* row0 = x + c * l.channel_stride + r * l.width;
         for (int64_t w0 = 0; w0 < l.width; w0 += Lanes) {
           const int n = int(std::min<int64_t>(Lanes, l.width - w0));
           V tile[Lanes];
-          for (int j = 0; j < Lanes; ++j) tile[j] = j < n ? buf[l.packed(h, w0 + j, c)] : V{};
+          for (int j = 0; j < Lanes; ++j) tile[j] = j < n ? buf[l.packed(d, h, w0 + j, c)] : V{};
           transpose_tile<T, Lanes>(tile);
           for (int s = 0; s < nb; ++s)
             std::memcpy(row0 + s * l.sample_stride + w0, &tile[s], n * sizeof(T));
@@ -229,53 +241,56 @@ void unpack_block(const typename Vec<T, Lanes>::type* buf, int nb, const BlockLa
   const T* lanes = reinterpret_cast<const T*>(buf);
   for (int s = 0; s < nb; ++s)
     for (int c = 0; c < l.cg; ++c)
-      for (int64_t h = 0; h < l.height; ++h) {
-        T* dst = x + s * l.sample_stride + c * l.channel_stride + h * l.width;
-        for (int64_t w = 0; w < l.width; ++w) dst[w] = lanes[l.packed(h, w, c) * Lanes + s];
+      for (int64_t r = 0; r < l.rows(); ++r) {
+        const int64_t d = r / l.height, h = r % l.height;
+        T* dst = x + s * l.sample_stride + c * l.channel_stride + r * l.width;
+        for (int64_t w = 0; w < l.width; ++w) dst[w] = lanes[l.packed(d, h, w, c) * Lanes + s];
       }
 }
 
-template <typename T, int Lanes, int CG, int KH, int KW, bool Transposed>
+template <typename T, int Lanes, int CG, int KD, int KH, int KW, bool Transposed>
 void solve_block(const SolveArgs& args, const T* folded_all, int64_t b0, int nb, int group,
                  std::vector<typename Vec<T, Lanes>::type>& buf) {
   using V = typename Vec<T, Lanes>::type;
   const int G = num_groups(args.pattern);
   const int cg = int(args.channels / G);
-  const int kh = args.kh, kw = args.kw;
-  const int64_t H = args.height, W = args.width, C = args.channels;
-  const int64_t pw = W + kw - 1;
-  const int64_t plane = H * W;
+  const int kd = args.kd, kh = args.kh, kw = args.kw;
+  const int64_t D = args.depth, H = args.height, W = args.width, C = args.channels;
+  const int64_t ph = H + kh - 1, pw = W + kw - 1;
+  const int64_t volume = D * H * W;
   const int corner = group_corner(args.pattern, group);
-  const bool fr = flips_rows(corner, Transposed), fc = flips_cols(corner, Transposed);
 
-  const size_t need = size_t((H + kh - 1) * pw * cg);
+  const size_t need = size_t((D + kd - 1) * ph * pw * cg);
   if (buf.size() != need) buf.assign(need, V{});
   else std::memset(static_cast<void*>(buf.data()), 0, need * sizeof(V));
 
-  const T* y = static_cast<const T*>(args.y) + (b0 * C + int64_t(group) * cg) * plane;
-  T* x = static_cast<T*>(args.x) + (b0 * C + int64_t(group) * cg) * plane;
-  const BlockLayout layout{H, W, pw, C * plane, plane, kh, kw, cg, fr, fc};
+  const T* y = static_cast<const T*>(args.y) + (b0 * C + int64_t(group) * cg) * volume;
+  T* x = static_cast<T*>(args.x) + (b0 * C + int64_t(group) * cg) * volume;
+  const BlockLayout layout{D, H, W, ph, pw, C * volume, volume, kd, kh, kw, cg,
+                           flips_depth(corner, Transposed), flips_rows(corner, Transposed),
+                           flips_cols(corner, Transposed)};
   pack_block<T, Lanes>(y, nb, layout, buf.data());
-  solve_packed<T, Lanes, CG, KH, KW, Transposed>(buf.data(),
-                                                 folded_all + int64_t(group) * kh * kw * cg * cg,
-                                                 layout);
+  solve_packed<T, Lanes, CG, KD, KH, KW, Transposed>(
+      buf.data(), folded_all + int64_t(group) * kd * kh * kw * cg * cg, layout);
   unpack_block<T, Lanes>(buf.data(), nb, layout, x);
 }
 
 // Entry point for one specialization (or, with zeros, the generic kernel).
-template <typename T, int CG, int KH, int KW, bool Transposed>
+template <typename T, int CG, int KD, int KH, int KW, bool Transposed>
 void solve(const SolveArgs& args) {
   const int G = num_groups(args.pattern);
   const int cg = int(args.channels / G);
-  const int kh = args.kh, kw = args.kw;
-  const int64_t taps = int64_t(kh) * kw;
-  if (args.batch == 0 || args.channels == 0 || args.height == 0 || args.width == 0) return;
+  const int kd = args.kd, kh = args.kh, kw = args.kw;
+  const int64_t taps = int64_t(kd) * kh * kw;
+  if (args.batch == 0 || args.channels == 0 || args.depth == 0 || args.height == 0 ||
+      args.width == 0)
+    return;
 
   std::vector<T> folded(size_t(G * taps * cg * cg));
   std::vector<T> linv(size_t(cg * cg));
   const T* weight = static_cast<const T*>(args.weight);
   for (int g = 0; g < G; ++g)
-    fold_group_weights<T>(weight + int64_t(g) * cg * cg * taps, cg, kh, kw,
+    fold_group_weights<T>(weight + int64_t(g) * cg * cg * taps, cg, kd, kh, kw,
                           group_corner(args.pattern, g), Transposed,
                           folded.data() + g * taps * cg * cg, linv.data());
 
@@ -302,10 +317,10 @@ void solve(const SolveArgs& args) {
       if (block < wide_blocks) {
         const int64_t b0 = block * L;
         const int nb = int(std::min<int64_t>(L, args.batch - b0));
-        solve_block<T, L, CG, KH, KW, Transposed>(args, fp, b0, nb, group, wide_buf);
+        solve_block<T, L, CG, KD, KH, KW, Transposed>(args, fp, b0, nb, group, wide_buf);
       } else {
         const int64_t b0 = full * L + (block - wide_blocks);
-        solve_block<T, 1, CG, KH, KW, Transposed>(args, fp, b0, 1, group, narrow_buf);
+        solve_block<T, 1, CG, KD, KH, KW, Transposed>(args, fp, b0, 1, group, narrow_buf);
       }
     }
   }

@@ -39,30 +39,34 @@ struct LaunchPlan {
   int64_t workspace_bytes;  // global fold workspace (kGlobalWorkspace only, else 0)
 };
 
-// One thread per (pixel, channel) of the longest anti-diagonal, so that a step is a single
-// round of work when it fits: the walk is latency-bound by its H+W-1 barriers, and extra
+// One thread per (voxel, channel) of the longest hyperplane (as the kernel covers it: depth
+// × min(H, W) rows), so that a step is a single round of work when it fits: the walk is
+// latency-bound by its D+H+W-2 barriers, and extra
 // threads would only idle at them. Capped at kMaxThreads so that the unrolled double
 // kernels keep up to 128 registers; longer diagonals take a few rounds per step. At least
 // two warps, because staging and write-back cover the whole image, not one diagonal.
 // Untuned: revisit with the benchmarks.
-inline int block_threads(int64_t height, int64_t width, int64_t cg) {
-  const int64_t items = (height < width ? height : width) * cg;
+inline int block_threads(int64_t depth, int64_t height, int64_t width, int64_t cg) {
+  const int64_t items = depth * (height < width ? height : width) * cg;
   const int64_t warps = (items + 31) / 32;
   return int(warps < 2 ? 64 : warps * 32 > kMaxThreads ? kMaxThreads : warps * 32);
 }
 
 inline bool is_empty(const SolveArgs& args) {
-  return args.batch == 0 || args.channels == 0 || args.height == 0 || args.width == 0;
+  return args.batch == 0 || args.channels == 0 || args.depth == 0 || args.height == 0 ||
+         args.width == 0;
 }
 
 // Template sizes of 0 mean "given at run time" (the generic kernel).
-inline void check_solve_shape(const SolveArgs& args, int CG, int KH, int KW) {
+inline void check_solve_shape(const SolveArgs& args, int CG, int KD, int KH, int KW) {
   const int64_t cg = args.channels / num_groups(args.pattern);
-  if ((CG > 0 && cg != CG) || (KH > 0 && args.kh != KH) || (KW > 0 && args.kw != KW))
+  if ((CG > 0 && cg != CG) || (KD > 0 && args.kd != KD) || (KH > 0 && args.kh != KH) ||
+      (KW > 0 && args.kw != KW))
     throw std::invalid_argument("inverseflow CUDA solve: specialization called with "
                                 "another shape (registry bug)");
-  if (args.height + args.width + args.kh + args.kw > INT32_MAX ||
-      cg * cg * args.kh * args.kw > INT32_MAX)
+  // Voxel coordinates and tap indices are int in the kernel.
+  if (args.depth + args.height + args.width + args.kd + args.kh + args.kw > INT32_MAX ||
+      cg * cg * args.kd * args.kh * args.kw > INT32_MAX)
     throw std::invalid_argument("inverseflow CUDA solve: image or kernel too large");
 }
 
@@ -71,11 +75,11 @@ inline void check_solve_shape(const SolveArgs& args, int CG, int KH, int KW) {
 inline LaunchPlan plan_launch(const DeviceLimits& lim, const SolveArgs& args,
                               int64_t elem_bytes) {
   const int G = num_groups(args.pattern);
-  const int64_t cg = args.channels / G, kh = args.kh, kw = args.kw;
-  const int64_t H = args.height, W = args.width;
-  const int threads = block_threads(H, W, cg);
-  const int64_t weight_bytes = (kh * kw + 1) * cg * cg * elem_bytes;
-  const int64_t buf_bytes = (H + kh - 1) * (W + kw - 1) * cg * elem_bytes;
+  const int64_t cg = args.channels / G, kd = args.kd, kh = args.kh, kw = args.kw;
+  const int64_t D = args.depth, H = args.height, W = args.width;
+  const int threads = block_threads(D, H, W, cg);
+  const int64_t weight_bytes = (kd * kh * kw + 1) * cg * cg * elem_bytes;
+  const int64_t buf_bytes = (D + kd - 1) * (H + kh - 1) * (W + kw - 1) * cg * elem_bytes;
   // Blocks stride over samples, so capping the grid only bounds gridDim.x.
   const int64_t grid_samples = lim.max_grid_x / G > 0 ? lim.max_grid_x / G : 1;
   const int64_t max_samples = grid_samples < args.batch ? grid_samples : args.batch;

@@ -1,7 +1,7 @@
 // CUDA inverse-convolution solve (DESIGN.md §3 "CUDA"): the host-side launcher. The
 // kernels are in cuda_solve_kernels.cuh, and the launch decisions (block size, shared
 // memory, grid, path) in cuda_launch_plan.h, which the CPU emulation (DESIGN.md §8) shares.
-// solve<T, 0, 0, 0, Tr> runs the generic kernel.
+// solve<T, 0, 0, 0, 0, Tr> runs the generic kernel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -71,11 +71,11 @@ inline DeviceLimits device_limits(int device) {
   return cache.emplace(device, lim).first->second;
 }
 
-template <typename T, int CG, int KH, int KW, bool Tr, bool XShared>
+template <typename T, int CG, int KD, int KH, int KW, bool Tr, bool XShared>
 void launch(const Params<T>& p, const LaunchPlan& plan, cudaStream_t stream, T* ws_to_free) {
   const int64_t smem = plan.smem_bytes;
-  const std::string name = kernel_name<T, CG, KH, KW, Tr, XShared>();
-  auto kernel = &solve_kernel<T, CG, KH, KW, Tr, XShared>;
+  const std::string name = kernel_name<T, CG, KD, KH, KW, Tr, XShared>();
+  auto kernel = &solve_kernel<T, CG, KD, KH, KW, Tr, XShared>;
   cudaError_t err = cudaSuccess;
   const char* what = "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)";
   if (smem > 48 * 1024)  // beyond the default, every kernel must opt in explicitly
@@ -94,39 +94,39 @@ void launch(const Params<T>& p, const LaunchPlan& plan, cudaStream_t stream, T* 
 
 }  // namespace detail
 
-template <typename T, int CG, int KH, int KW, bool Transposed>
+template <typename T, int CG, int KD, int KH, int KW, bool Transposed>
 void solve(const SolveArgs& args) {
   using namespace detail;
   if (is_empty(args)) return;
-  check_solve_shape(args, CG, KH, KW);
+  check_solve_shape(args, CG, KD, KH, KW);
   DeviceGuard guard(args.y);
   const LaunchPlan plan = plan_launch(device_limits(guard.device()), args, sizeof(T));
   const Params<T> base = params_for<T>(args);
   const auto stream = static_cast<cudaStream_t>(args.stream);
 
   if (plan.path == Path::kSharedX) {
-    launch<T, CG, KH, KW, Transposed, true>(base, plan, stream, nullptr);
-  } else if constexpr (CG > 0 || KH > 0 || KW > 0) {
+    launch<T, CG, KD, KH, KW, Transposed, true>(base, plan, stream, nullptr);
+  } else if constexpr (CG > 0 || KD > 0 || KH > 0 || KW > 0) {
     // Too big to stage: the generic kernel's fallback is as fast, and compiled once.
-    solve<T, 0, 0, 0, Transposed>(args);
+    solve<T, 0, 0, 0, 0, Transposed>(args);
   } else if (plan.path == Path::kGlobalX) {
-    launch<T, 0, 0, 0, Transposed, false>(base, plan, stream, nullptr);
+    launch<T, 0, 0, 0, 0, Transposed, false>(base, plan, stream, nullptr);
   } else {
     Params<T> p = base;
     void* ws = nullptr;
     throw_if(cudaMallocAsync(&ws, size_t(plan.workspace_bytes), stream),
              "cudaMallocAsync of the fold workspace",
-             kernel_name<T, 0, 0, 0, Transposed, false>());
+             kernel_name<T, 0, 0, 0, 0, Transposed, false>());
     p.ws = static_cast<T*>(ws);
-    launch<T, 0, 0, 0, Transposed, false>(p, plan, stream, p.ws);
+    launch<T, 0, 0, 0, 0, Transposed, false>(p, plan, stream, p.ws);
   }
 }
 
 // The generic kernels are instantiated once, in bind_cuda.cu; the generated files, whose
 // too-large shapes delegate to them, must not compile them again.
-extern template void solve<float, 0, 0, 0, false>(const SolveArgs&);
-extern template void solve<float, 0, 0, 0, true>(const SolveArgs&);
-extern template void solve<double, 0, 0, 0, false>(const SolveArgs&);
-extern template void solve<double, 0, 0, 0, true>(const SolveArgs&);
+extern template void solve<float, 0, 0, 0, 0, false>(const SolveArgs&);
+extern template void solve<float, 0, 0, 0, 0, true>(const SolveArgs&);
+extern template void solve<double, 0, 0, 0, 0, false>(const SolveArgs&);
+extern template void solve<double, 0, 0, 0, 0, true>(const SolveArgs&);
 
 }  // namespace inverseflow::cuda

@@ -1,13 +1,14 @@
 // CUDA inverse-convolution solve kernels (DESIGN.md §3 "CUDA"): the device code only.
 //
 // One launch; each block owns one (sample, channel group) and keeps that group's folded
-// weights in shared memory. Fast path: the padded x, [hp][wp][c] in top-left form, lives
-// in shared memory too; the block stages y there, applies Linv per pixel, then walks the
-// H+W-1 anti-diagonals with one barrier each (threads cover pixel × output channel) and
-// writes x back. Fallback, when that does not fit: the generic kernel walks in the output
-// x in global memory (bounds checks instead of a border), with the folded weights in
-// shared memory or, if even they do not fit, in a per-block global workspace. Template
-// sizes of 0 mean "given at run time"; CG = KH = KW = 0 is the generic kernel.
+// weights in shared memory. Every solve is 3-D (docs/nd-design.md): 2-D data has depth 1,
+// 1-D data depth and height 1. Fast path: the padded x, [dp][hp][wp][c] in top-left form,
+// lives in shared memory too; the block stages y there, applies Linv per voxel, then walks
+// the D+H+W-2 hyperplanes d+h+w = s with one barrier each (threads cover voxel × output
+// channel) and writes x back. Fallback, when that does not fit: the generic kernel walks
+// in the output x in global memory (bounds checks instead of a border), with the folded
+// weights in shared memory or, if even they do not fit, in a per-block global workspace.
+// Template sizes of 0 mean "given at run time"; CG = KD = KH = KW = 0 is the generic kernel.
 //
 // Kept apart from the launcher (cuda_solve.cuh, with its <<<...>>> and CUDA runtime calls)
 // so that the CPU emulation (DESIGN.md §8, csrc/emu/) compiles these very bodies as host
@@ -32,19 +33,40 @@ struct Params {
   T* x;   // also read back inside the kernel (fallback), so never __restrict__/read-only
   T* ws;  // per-block folded weights in global memory, or null when they fit in shared
   int64_t batch;
-  int cg, kh, kw, height, width, pattern;
+  int cg, kd, kh, kw, depth, height, width, pattern;
+};
+
+// The voxels of hyperplane d + h + w = s: depths d0..d1, and for each depth the rows
+// h0(d)..h1(d) (w = s - d - h). Threads cover a rectangle of depths × `span` rows ×
+// channels and skip rows outside the plane; with depth 1 the span is the diagonal's exact
+// length, as in a 2-D walk.
+struct Hyperplane {
+  int d0, d1, span;
+  IFLOW_HD Hyperplane(int s, int D, int H, int W) {
+    d0 = s - (H - 1) - (W - 1) > 0 ? s - (H - 1) - (W - 1) : 0;
+    d1 = s < D - 1 ? s : D - 1;
+    if (d0 == d1) {
+      span = row_hi(d0, s, H) - row_lo(d0, s, W) + 1;
+    } else {
+      span = H < W ? H : W;
+    }
+  }
+  static IFLOW_HD int row_lo(int d, int s, int W) { return s - d - (W - 1) > 0 ? s - d - (W - 1) : 0; }
+  static IFLOW_HD int row_hi(int d, int s, int H) { return s - d < H - 1 ? s - d : H - 1; }
+  IFLOW_HD int64_t items(int cg) const { return int64_t(d1 - d0 + 1) * span * cg; }
 };
 
 // Folds this block's group (fold_group_weights, same triangles and summation order) into
 // fw, stored [t][c'][c] rather than [t][c][c'] so that the threads of one pixel, which
 // differ in c, read consecutive banks. linv is cg×cg scratch, [r][col].
 template <typename T, bool Tr>
-__device__ void fold(const T* __restrict__ wg, int cg, int kh, int kw, int corner, T* fw,
-                     T* linv) {
-  const int ci = tap_row(corner, kh - 1, kh), cj = tap_col(corner, kw - 1, kw);
-  const int taps = kh * kw, cc = cg * cg;
-  auto w_at = [&](int c, int cp, int i, int j) {
-    return wg[(int64_t(c) * cg + cp) * taps + i * kw + j];
+__device__ void fold(const T* __restrict__ wg, int cg, int kd, int kh, int kw, int corner,
+                     T* fw, T* linv) {
+  const int cs = tap_depth(corner, kd - 1, kd), ci = tap_row(corner, kh - 1, kh),
+            cj = tap_col(corner, kw - 1, kw);
+  const int taps = kd * kh * kw, cc = cg * cg;
+  auto w_at = [&](int c, int cp, int s, int i, int j) {
+    return wg[(int64_t(c) * cg + cp) * taps + (s * kh + i) * kw + j];
   };
   // Columns of Linv are independent forward substitutions: one thread each, no barriers.
 #pragma unroll 1
@@ -53,7 +75,7 @@ __device__ void fold(const T* __restrict__ wg, int cg, int kh, int kw, int corne
     for (int r = 0; r < cg; ++r) {
       T v = r == col ? T(1) : T(0);
 #pragma unroll 1
-      for (int m = col; m < r; ++m) v -= w_at(r, m, ci, cj) * linv[m * cg + col];
+      for (int m = col; m < r; ++m) v -= w_at(r, m, cs, ci, cj) * linv[m * cg + col];
       linv[r * cg + col] = r < col ? T(0) : v;
     }
   }
@@ -65,14 +87,15 @@ __device__ void fold(const T* __restrict__ wg, int cg, int kh, int kw, int corne
     if (t == taps - 1) {  // the center tap is the last one in top-left form
       acc = Tr ? linv[cp * cg + c] : linv[c * cg + cp];
     } else {
-      const int i = tap_row(corner, t / kw, kh), j = tap_col(corner, t % kw, kw);
+      const int s = tap_depth(corner, t / (kh * kw), kd);
+      const int i = tap_row(corner, (t / kw) % kh, kh), j = tap_col(corner, t % kw, kw);
       // Structural zeros of Linv are skipped so that 0 · inf never makes a NaN.
       if (!Tr) {
 #pragma unroll 1
-        for (int m = 0; m <= c; ++m) acc += linv[c * cg + m] * w_at(m, cp, i, j);
+        for (int m = 0; m <= c; ++m) acc += linv[c * cg + m] * w_at(m, cp, s, i, j);
       } else {
 #pragma unroll 1
-        for (int m = c; m < cg; ++m) acc += linv[m * cg + c] * w_at(cp, m, i, j);
+        for (int m = c; m < cg; ++m) acc += linv[m * cg + c] * w_at(cp, m, s, i, j);
       }
     }
     fw[e] = acc;
@@ -97,108 +120,123 @@ __device__ __forceinline__ void apply_center(const T* src, T* dst, S stride, con
   }
 }
 
-template <typename T, int CG, int KH, int KW, bool Tr, bool XShared>
+template <typename T, int CG, int KD, int KH, int KW, bool Tr, bool XShared>
 __global__ void __launch_bounds__(kMaxThreads) solve_kernel(const Params<T> p) {
   const int cg = CG > 0 ? CG : p.cg;
+  const int kd = KD > 0 ? KD : p.kd;
   const int kh = KH > 0 ? KH : p.kh;
   const int kw = KW > 0 ? KW : p.kw;
-  const int H = p.height, W = p.width, taps = kh * kw, cc = cg * cg;
-  const int64_t plane = int64_t(H) * W;
+  const int D = p.depth, H = p.height, W = p.width, taps = kd * kh * kw, cc = cg * cg;
+  const int64_t plane = int64_t(H) * W, volume = D * plane;
   const int G = num_groups(p.pattern), g = int(blockIdx.x) % G;
   const int corner = group_corner(p.pattern, g);
-  const bool fr = flips_rows(corner, Tr), fc = flips_cols(corner, Tr);
+  const bool fd = flips_depth(corner, Tr), fr = flips_rows(corner, Tr),
+             fc = flips_cols(corner, Tr);
+  const int steps = D + H + W - 2;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
   // XShared is a constant, so the fast path's weight loads are plain ld.shared.
   T* fw = (XShared || p.ws == nullptr) ? smem : p.ws + int64_t(blockIdx.x) * (taps + 1) * cc;
-  fold<T, Tr>(p.weight + int64_t(g) * cc * taps, cg, kh, kw, corner, fw, fw + taps * cc);
+  fold<T, Tr>(p.weight + int64_t(g) * cc * taps, cg, kd, kh, kw, corner, fw, fw + taps * cc);
   const T* lin = fw + (taps - 1) * cc;
 
   // gridDim.x is a multiple of G, so a block keeps its group (and its fold) while it
   // strides over samples; only the global-workspace fallback has fewer blocks than items.
   for (int64_t n = blockIdx.x / G; n < p.batch; n += gridDim.x / G) {
-    const int64_t base = (n * G + g) * cg * plane;
+    const int64_t base = (n * G + g) * cg * volume;
     const T* yn = p.y + base;
     T* xn = p.x + base;
     if constexpr (XShared) {
       T* buf = smem + (taps + 1) * cc;
-      const int wp = W + kw - 1;
-      // Zero the border: the top kh-1 padded rows, then the left kw-1 columns of each row.
-      const int top = (kh - 1) * wp * cg, side = (kw - 1) * cg;
-      for (int e = threadIdx.x; e < top + H * side; e += blockDim.x) {
-        const int r = (e - top) / (side > 0 ? side : 1);
-        buf[e < top ? e : top + r * wp * cg + (e - top - r * side)] = T(0);
+      const int hp = H + kh - 1, wp = W + kw - 1;
+      const int64_t padded = int64_t(D + kd - 1) * hp * wp;
+      // Zero the border: padded voxels before the image on any axis.
+      for (int64_t e = threadIdx.x; e < padded; e += blockDim.x) {
+        const int dd = int(e / (int64_t(hp) * wp)), hh = int((e / wp) % hp), ww = int(e % wp);
+        if (dd < kd - 1 || hh < kh - 1 || ww < kw - 1)
+          for (int c = 0; c < cg; ++c) buf[e * cg + c] = T(0);
       }
       // Stage y in global order, so the reads coalesce along w.
-      for (int e = threadIdx.x; e < cg * H * W; e += blockDim.x) {
-        const int c = e / (H * W), gh = (e / W) % H, gw = e % W;
-        const int h = fr ? H - 1 - gh : gh, w = fc ? W - 1 - gw : gw;
-        buf[((h + kh - 1) * wp + w + kw - 1) * cg + c] = yn[e];
-      }
+      auto at = [&](int64_t e) {  // global NCDHW index within the sample -> buffer index
+        const int c = int(e / volume), gd = int((e / plane) % D), gh = int((e / W) % H),
+                  gw = int(e % W);
+        const int d = fd ? D - 1 - gd : gd, h = fr ? H - 1 - gh : gh, w = fc ? W - 1 - gw : gw;
+        return ((int64_t(d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg + c;
+      };
+      for (int64_t e = threadIdx.x; e < cg * volume; e += blockDim.x) buf[at(e)] = yn[e];
       __syncthreads();
-      // y' = Linv·y for every pixel at once, off the dependent chain of the walk.
-      for (int e = threadIdx.x; e < H * W; e += blockDim.x) {
-        T* px = buf + ((e / W + kh - 1) * wp + e % W + kw - 1) * cg;
+      // y' = Linv·y for every voxel at once, off the dependent chain of the walk.
+      for (int64_t e = threadIdx.x; e < volume; e += blockDim.x) {
+        const int d = int(e / plane), h = int((e / W) % H), w = int(e % W);
+        T* px = buf + ((int64_t(d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg;
         apply_center<T, CG, Tr>(px, px, 1, lin, cg);
       }
       __syncthreads();
-      for (int d = 0; d < H + W - 1; ++d) {
-        const int h0 = d - (W - 1) > 0 ? d - (W - 1) : 0, h1 = d < H - 1 ? d : H - 1;
-        for (int i = threadIdx.x; i < (h1 - h0 + 1) * cg; i += blockDim.x) {
-          const int q = i / cg, c = i - q * cg, h = h0 + q, w = d - h;
-          // Padded (h + a, w + b) is tap (a, b) of the window of pixel (h, w).
-          const T* win = buf + (h * wp + w) * cg;
-          T* out = buf + ((h + kh - 1) * wp + w + kw - 1) * cg + c;
+      for (int s = 0; s <= steps; ++s) {
+        const Hyperplane hyp(s, D, H, W);
+        for (int64_t i = threadIdx.x; i < hyp.items(cg); i += blockDim.x) {
+          const int c = int(i % cg), q = int((i / cg) % hyp.span);
+          const int d = hyp.d0 + int(i / (int64_t(cg) * hyp.span));
+          const int h = Hyperplane::row_lo(d, s, W) + q, w = s - d - h;
+          if (h > Hyperplane::row_hi(d, s, H)) continue;
+          // Padded (d + e, h + a, w + b) is tap (e, a, b) of the window of voxel (d, h, w).
+          const T* win = buf + ((int64_t(d) * hp + h) * wp + w) * cg;
+          T* out = buf + ((int64_t(d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg + c;
           T acc = *out;
 #pragma unroll
-          for (int a = 0; a < kh; ++a) {
+          for (int e = 0; e < kd; ++e) {
 #pragma unroll
-            for (int b = 0; b < kw; ++b) {
-              if (a == kh - 1 && b == kw - 1) continue;
-              const T* src = win + (a * wp + b) * cg;
-              const T* wt = fw + (a * kw + b) * cc + c;
+            for (int a = 0; a < kh; ++a) {
 #pragma unroll
-              for (int cp = 0; cp < cg; ++cp) acc -= wt[cp * cg] * src[cp];
+              for (int b = 0; b < kw; ++b) {
+                if (e == kd - 1 && a == kh - 1 && b == kw - 1) continue;
+                const T* src = win + ((int64_t(e) * hp + a) * wp + b) * cg;
+                const T* wt = fw + ((e * kh + a) * kw + b) * cc + c;
+#pragma unroll
+                for (int cp = 0; cp < cg; ++cp) acc -= wt[cp * cg] * src[cp];
+              }
             }
           }
           *out = acc;
         }
         __syncthreads();
       }
-      for (int e = threadIdx.x; e < cg * H * W; e += blockDim.x) {
-        const int c = e / (H * W), gh = (e / W) % H, gw = e % W;
-        const int h = fr ? H - 1 - gh : gh, w = fc ? W - 1 - gw : gw;
-        xn[e] = buf[((h + kh - 1) * wp + w + kw - 1) * cg + c];
-      }
+      for (int64_t e = threadIdx.x; e < cg * volume; e += blockDim.x) xn[e] = buf[at(e)];
       __syncthreads();  // the next sample restages buf
     } else {
       __syncthreads();  // fw complete
-      for (int64_t e = threadIdx.x; e < plane; e += blockDim.x)
-        apply_center<T, CG, Tr>(yn + e, xn + e, plane, lin, cg);
+      for (int64_t e = threadIdx.x; e < volume; e += blockDim.x)
+        apply_center<T, CG, Tr>(yn + e, xn + e, volume, lin, cg);
       __syncthreads();
       // A block's global writes are visible to the block after __syncthreads; x is read
       // through plain (not read-only-cache) loads because it is not const here.
-      auto at = [&](int h, int w) {
-        return int64_t(fr ? H - 1 - h : h) * W + (fc ? W - 1 - w : w);
+      auto at = [&](int d, int h, int w) {
+        return (int64_t(fd ? D - 1 - d : d) * H + (fr ? H - 1 - h : h)) * W +
+               (fc ? W - 1 - w : w);
       };
-      for (int d = 0; d < H + W - 1; ++d) {
-        const int h0 = d - (W - 1) > 0 ? d - (W - 1) : 0, h1 = d < H - 1 ? d : H - 1;
-        for (int64_t i = threadIdx.x; i < int64_t(h1 - h0 + 1) * cg; i += blockDim.x) {
-          const int q = int(i / cg), c = int(i - int64_t(q) * cg), h = h0 + q, w = d - h;
-          T* out = xn + c * plane + at(h, w);
+      for (int s = 0; s <= steps; ++s) {
+        const Hyperplane hyp(s, D, H, W);
+        for (int64_t i = threadIdx.x; i < hyp.items(cg); i += blockDim.x) {
+          const int c = int(i % cg), q = int((i / cg) % hyp.span);
+          const int d = hyp.d0 + int(i / (int64_t(cg) * hyp.span));
+          const int h = Hyperplane::row_lo(d, s, W) + q, w = s - d - h;
+          if (h > Hyperplane::row_hi(d, s, H)) continue;
+          T* out = xn + c * volume + at(d, h, w);
           T acc = *out;
-          for (int a = 0; a < kh; ++a) {
-            for (int b = 0; b < kw; ++b) {
-              if (a == kh - 1 && b == kw - 1) continue;
-              const int hh = h + a - (kh - 1), ww = w + b - (kw - 1);
-              // Out-of-image reads are zero but still multiplied, as the CPU's zero
-              // border is: an inf weight there gives NaN on both backends.
-              const bool inside = hh >= 0 && ww >= 0;
-              const int64_t off = inside ? at(hh, ww) : 0;
-              const T* wt = fw + (a * kw + b) * cc + c;
-              for (int cp = 0; cp < cg; ++cp)
-                acc -= wt[cp * cg] * (inside ? xn[cp * plane + off] : T(0));
+          for (int e = 0; e < kd; ++e) {
+            for (int a = 0; a < kh; ++a) {
+              for (int b = 0; b < kw; ++b) {
+                if (e == kd - 1 && a == kh - 1 && b == kw - 1) continue;
+                const int dd = d + e - (kd - 1), hh = h + a - (kh - 1), ww = w + b - (kw - 1);
+                // Out-of-volume reads are zero but still multiplied, as the CPU's zero
+                // border is: an inf weight there gives NaN on both backends.
+                const bool inside = dd >= 0 && hh >= 0 && ww >= 0;
+                const int64_t off = inside ? at(dd, hh, ww) : 0;
+                const T* wt = fw + ((e * kh + a) * kw + b) * cc + c;
+                for (int cp = 0; cp < cg; ++cp)
+                  acc -= wt[cp * cg] * (inside ? xn[cp * volume + off] : T(0));
+              }
             }
           }
           *out = acc;
@@ -214,15 +252,17 @@ template <typename T>
 Params<T> params_for(const SolveArgs& args) {
   const int G = num_groups(args.pattern);
   return {static_cast<const T*>(args.y), static_cast<const T*>(args.weight),
-          static_cast<T*>(args.x), nullptr, args.batch, int(args.channels / G), args.kh,
-          args.kw, int(args.height), int(args.width), args.pattern};
+          static_cast<T*>(args.x), nullptr, args.batch, int(args.channels / G), args.kd,
+          args.kh, args.kw, int(args.depth), int(args.height), int(args.width), args.pattern};
 }
 
-template <typename T, int CG, int KH, int KW, bool Tr, bool XShared>
+template <typename T, int CG, int KD, int KH, int KW, bool Tr, bool XShared>
 std::string kernel_name() {
   auto dim = [](int v) { return v > 0 ? std::to_string(v) : std::string("rt"); };
+  // 2-D kernels (KD = 1) keep their 2-D names.
+  const std::string depth = KD == 1 ? std::string() : dim(KD) + "x";
   return std::string("solve_kernel<") + (sizeof(T) == 4 ? "float" : "double") + ", cg=" +
-         dim(CG) + ", k=" + dim(KH) + "x" + dim(KW) + (Tr ? ", transposed" : ", solve") +
+         dim(CG) + ", k=" + depth + dim(KH) + "x" + dim(KW) + (Tr ? ", transposed" : ", solve") +
          (XShared ? ", shared x>" : ", global x>");
 }
 

@@ -7,7 +7,8 @@
 namespace inverseflow {
 
 struct SpecEntry {
-  int kh, kw, channels, pattern, dtype, direction;
+  int dims;  // 1, 2 or 3: the layer's own dimension (names only; lookups ignore it)
+  int kd, kh, kw, channels, pattern, dtype, direction;
   const char* name;
   SolveFn fn;
 };

@@ -56,26 +56,32 @@ def _first_refusal() -> bool:
     return first
 
 
-def _specialize_quietly(slot, device_type, kh, kw, channels, order) -> None:
+def _specialize_quietly(slot, device_type, kernel, channels, order) -> None:
     with slot:
         if device_type in _gave_up or _cache_refused.is_set():   # found while it queued
             return
         try:
-            _build.specialize((kh, kw), channels, order, device_type)
+            _build.specialize(kernel, channels, order, device_type)
         except Exception as exc:  # noqa: BLE001 - nothing may reach the training loop
             if isinstance(exc, UntrustedCacheError):
                 if not _first_refusal():   # another backend's compile said it already
                     return
             elif isinstance(exc, ToolchainError):
                 _gave_up.add(device_type)
-            warnings.warn(f"inverseflow.jit: could not specialize kernel {kh}x{kw}, "
+            warnings.warn(f"inverseflow.jit: could not specialize kernel {_name(kernel)}, "
                           f"{channels} channels, {order} on {device_type}: {exc}. The generic "
                           "kernel goes on.", JitWarning, stacklevel=1)
 
 
-def on_unspecialized(device_type: str, kh: int, kw: int, channels: int, order: str) -> None:
-    """The dispatch hook: starts one background specialization per new shape."""
-    shape = (device_type, kh, kw, channels, order)
+def _name(kernel: tuple) -> str:
+    return "x".join(str(k) for k in kernel)
+
+
+def on_unspecialized(device_type: str, kernel: tuple, channels: int, order: str) -> None:
+    """The dispatch hook: starts one background specialization per new shape (``kernel``:
+    the weight's kernel sizes, one per spatial axis)."""
+    kernel = tuple(kernel)
+    shape = (device_type, kernel, channels, order)
     if shape in _requested or device_type in _gave_up or _cache_refused.is_set():
         return
     try:
@@ -83,14 +89,15 @@ def on_unspecialized(device_type: str, kh: int, kw: int, channels: int, order: s
             if shape in _requested:
                 return
             _requested.add(shape)
-            _announce(f"specializing kernel {kh}x{kw}, {channels} channels, {order} on "
+            _announce(f"specializing kernel {_name(kernel)}, {channels} channels, {order} on "
                       f"{device_type} in the background; the generic kernel runs until it "
                       "is ready")
             slot = _slots.setdefault(device_type,
                                      threading.BoundedSemaphore(COMPILES_PER_BACKEND))
             thread = threading.Thread(target=_specialize_quietly, args=(slot, *shape),
                                       daemon=True,
-                                      name=f"inverseflow.jit {kh}x{kw} c{channels} {order}")
+                                      name=f"inverseflow.jit {_name(kernel)} c{channels} "
+                                           f"{order}")
             _threads.append(thread)
             thread.start()
     except Exception as exc:  # noqa: BLE001 - e.g. no thread can be started

@@ -42,7 +42,7 @@ def _codegen():
 def layer_for(kernel_size, channels, pattern):
     """codegen's Layer for the arguments; codegen's own SpecError when they are invalid."""
     spec, _ = _codegen()
-    if isinstance(kernel_size, (tuple, list)) and len(kernel_size) == 2:
+    if isinstance(kernel_size, (tuple, list)) and 1 <= len(kernel_size) <= 3:
         kernel_size = "x".join(str(k) for k in kernel_size)
     return spec.layer_from_entry({"kernel": kernel_size, "channels": channels,
                                   "pattern": pattern})
@@ -56,7 +56,8 @@ def check_device(device) -> str:
 
 
 def describe(layer, backend: str) -> str:
-    return (f"kernel {layer.kh}x{layer.kw}, {layer.channels} channels, pattern "
+    spec, _ = _codegen()
+    return (f"kernel {spec.kernel_name(layer)}, {layer.channels} channels, pattern "
             f"{layer.pattern} ({backend})")
 
 
@@ -68,8 +69,7 @@ def _built_names(layer, backend: str) -> list[str] | None:
         return None
     spec, _ = _codegen()
     rows = [s for s in module.specializations()
-            if (s["kh"], s["kw"], s["channels"], s["pattern"]) ==
-            (layer.kh, layer.kw, layer.channels, spec.PATTERN_CODE[layer.pattern])]
+            if (s["kd"], s["kh"], s["kw"], s["channels"], s["pattern"]) == layer.shape_key]
     wanted = {s.symbol for s in layer.specs(backend)}
     names = sorted(s["name"] for s in rows)
     return names if wanted <= set(names) else None
@@ -89,7 +89,8 @@ def _key_payload(layer, backend, toolchain, rendered: dict, render) -> dict:
         render.TEMPLATES.glob("*.j2")) + list(_source_files(render, backend).values())
     return {
         "format": _cache.FORMAT,
-        "layer": [layer.kh, layer.kw, layer.channels, layer.pattern], "backend": backend,
+        "layer": [layer.kd, layer.kh, layer.kw, layer.channels, layer.pattern],
+        "backend": backend,
         "inputs": {p.name: _cache.sha256_file(p) for p in inputs},
         "rendered": {rel: _cache.sha256_bytes(text.encode()) for rel, text in rendered.items()},
         "toolchain": toolchain.describe(),
@@ -168,7 +169,7 @@ def _compile(layer, backend, toolchain, rendered, render, entry_name, key) -> Pa
                                f"{describe(layer, backend)}:\n{tail}\n(full log: {saved})")
         _cache.write_manifest(workspace, {
             "key": key, "stem": layer.stem, "backend": backend, "module": entry_name, "library": library,
-            "kernel": f"{layer.kh}x{layer.kw}", "channels": layer.channels,
+            "kernel": "x".join(str(k) for k in layer.kernel), "channels": layer.channels,
             "pattern": layer.pattern, "kernels": [s.symbol for s in layer.specs(backend)],
             "specializations": [{"name": s.symbol, "dtype": s.dtype, "direction": s.direction}
                                 for s in layer.specs(backend)],
@@ -222,7 +223,8 @@ def specialize(kernel_size, channels, pattern, device="cpu") -> list[str]:
     dispatch, so that the next ``inv_conv2d`` of that shape on ``device`` runs it.
 
     Args:
-        kernel_size: ``k``, ``(kh, kw)`` or ``"KHxKW"``.
+        kernel_size: ``k`` (that size on every axis of the pattern's dimension), a tuple of
+            1 to 3 sizes (``(kw,)``, ``(kh, kw)``, ``(kd, kh, kw)``) or ``"KHxKW"``-style text.
         channels: channel count C (divisible by 4 for ``quad``).
         pattern: ``"TL" | "TR" | "BL" | "BR" | "quad"`` (any case).
         device: ``"cpu"`` (the C++ compiler of the build) or ``"cuda"`` (nvcc).
@@ -267,8 +269,9 @@ def specialize(kernel_size, channels, pattern, device="cpu") -> list[str]:
         module = _load(entry, manifest)
         names = [s.symbol for s in layer.specs(backend)]
         spec, _ = _codegen()
-        _dispatch.register_runtime_module(backend, layer.kh, layer.kw, layer.channels,
-                                          spec.PATTERN_CODE[layer.pattern], module)
+        _dispatch.register_runtime_module(backend, (layer.kd, layer.kh, layer.kw),
+                                          layer.channels, spec.PATTERN_CODE[layer.pattern],
+                                          module)
         _loaded[shape] = (module, tuple(names))
         return names
 

@@ -1,7 +1,9 @@
 """The one place that maps (op, device, spec, dtype) to a compiled kernel.
 
 The compiled modules look the spec up in their generated registry and fall back to the
-generic kernel; this module picks the backend by device and hands over raw pointers.
+generic kernel; this module picks the backend by device and hands over raw pointers. Every
+kernel is 3-D (docs/nd-design.md): 1-D and 2-D data go in with the missing leading axes of
+size 1, which is a view, not a copy.
 Layer shapes specialized at run time (inverseflow.jit) are modules of their own, registered
 here by shape; they come first. With INVERSEFLOW_JIT=1, inverseflow.jit also installs a hook
 that hears of every shape that ran the generic kernel.
@@ -14,20 +16,27 @@ import torch
 from . import _backends
 from ._validate import check_conv_args
 
-PATTERN_CODE = {"TL": 0, "TR": 1, "BL": 2, "BR": 3, "quad": 4}
+# Shared with csrc/invconv/common.h (enum Pattern): a corner of a lower dimension is the
+# 3-D corner on the near side of the missing axes (L = TL = NTL = 0).
+PATTERN_CODE = {"TL": 0, "TR": 1, "BL": 2, "BR": 3, "quad": 4, "pair": 5, "oct": 6,
+                "FTL": 7, "FTR": 8, "FBL": 9, "FBR": 10,
+                "L": 0, "R": 1, "NTL": 0, "NTR": 1, "NBL": 2, "NBR": 3}
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
 SOLVE, TRANSPOSED = 0, 1
 
-# (device type, kh, kw, channels, pattern code) -> run-time module (same `solve` interface).
+# (device type, kd, kh, kw, channels, pattern code) -> run-time module (same `solve`
+# interface).
 _runtime_modules: dict[tuple, object] = {}
-# Called as hook(device_type, kh, kw, channels, order) after a generic kernel ran; never raises.
+# Called as hook(device_type, kernel, channels, order) after a generic kernel ran, with
+# `kernel` the weight's kernel sizes (one per spatial axis); never raises.
 _unspecialized_hook = None
 
 
-def register_runtime_module(device_type: str, kh: int, kw: int, channels: int,
+def register_runtime_module(device_type: str, kernel3d: tuple[int, int, int], channels: int,
                             pattern_code: int, module) -> None:
-    """Routes one layer shape on one device type to a module built at run time."""
-    _runtime_modules[(device_type, kh, kw, channels, pattern_code)] = module
+    """Routes one layer shape (its kernel as (kd, kh, kw)) on one device type to a module
+    built at run time."""
+    _runtime_modules[(device_type, *kernel3d, channels, pattern_code)] = module
 
 
 def set_unspecialized_hook(hook) -> None:
@@ -37,28 +46,32 @@ def set_unspecialized_hook(hook) -> None:
 
 def solve(y: torch.Tensor, weight: torch.Tensor, order: str, direction: int = SOLVE,
           force_generic: bool = False) -> tuple[torch.Tensor, str]:
-    """Runs the solve (or transposed solve) kernel; returns ``(x, name of the kernel)``."""
-    check_conv_args(y, weight, order, "y")
+    """Runs the solve (or transposed solve) kernel on 1-D, 2-D or 3-D data (rank 3, 4 or
+    5); returns ``(x, name of the kernel)``."""
+    dims = y.dim() - 2 if isinstance(y, torch.Tensor) and y.dim() in (3, 5) else 2
+    check_conv_args(y, weight, order, "y", dims=dims)
     y = y.contiguous()
     weight = weight.contiguous()
     x = torch.empty_like(y, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return x, "none"
     module = _backends.module_for(y.device.type)
-    batch, channels, height, width = y.shape
-    kh, kw = weight.shape[2], weight.shape[3]
+    batch, channels = y.shape[:2]
+    depth, height, width = (1,) * (3 - dims) + tuple(y.shape[2:])
+    kd, kh, kw = (1,) * (3 - dims) + tuple(weight.shape[2:])
     if not force_generic:
         module = _runtime_modules.get(
-            (y.device.type, kh, kw, channels, PATTERN_CODE[order]), module)
+            (y.device.type, kd, kh, kw, channels, PATTERN_CODE[order]), module)
     stream = 0
     if y.device.type == "cuda":
         stream = torch.cuda.current_stream(y.device).cuda_stream
     with torch.cuda.device(y.device) if y.device.type == "cuda" else _no_context():
         name = module.solve(y.data_ptr(), weight.data_ptr(), x.data_ptr(), batch, channels,
-                            height, width, kh, kw, PATTERN_CODE[order], DTYPE_CODE[y.dtype],
-                            direction, torch.get_num_threads(), stream, force_generic)
+                            depth, height, width, kd, kh, kw, PATTERN_CODE[order],
+                            DTYPE_CODE[y.dtype], direction, torch.get_num_threads(), stream,
+                            force_generic)
     if name == "generic" and not force_generic and _unspecialized_hook is not None:
-        _unspecialized_hook(y.device.type, kh, kw, channels, order)
+        _unspecialized_hook(y.device.type, tuple(weight.shape[2:]), channels, order)
     return x, name
 
 
