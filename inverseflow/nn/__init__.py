@@ -11,10 +11,11 @@ from .conv1x1 import InvertibleConv1x1
 from .convexp import ConvergenceError, ConvExp2d
 from .coupling import AffineCoupling
 from .emerging import EmergingConv2d
-from .invconv import InvConv2d
+from .invconv import InvConv1d, InvConv2d, InvConv3d
 from .preprocess import Dequantize, LogitTransform
 from .reshape import Split, Squeeze
 
-__all__ = ["ActNorm", "InvertibleConv1x1", "AffineCoupling", "InvConv2d", "Dequantize",
+__all__ = ["ActNorm", "InvertibleConv1x1", "AffineCoupling", "InvConv2d", "InvConv1d",
+           "InvConv3d", "Dequantize",
            "LogitTransform", "Split", "Squeeze", "EmergingConv2d", "ConvExp2d", "ConvergenceError",
            "SmoothLeakyReLU", "SplineActivation"]

@@ -25,20 +25,29 @@ def positive_int(value, name: str, minimum: int = 1) -> int:
     return number
 
 
-def kernel_size_2d(kernel_size, name: str = "kernel_size") -> tuple[int, int]:
-    """``k`` or ``(kh, kw)``, each a positive integer, as ``(kh, kw)``."""
+KERNEL_FORMS = {1: "a 1-tuple (kw,)", 2: "a pair (kh, kw)", 3: "a triple (kd, kh, kw)"}
+
+
+def kernel_size_nd(kernel_size, dims: int, name: str = "kernel_size") -> tuple[int, ...]:
+    """``k`` or a ``dims``-tuple of sizes (axis order, e.g. ``(kd, kh, kw)``), each a
+    positive integer, as a ``dims``-tuple."""
+    form = KERNEL_FORMS[dims]
     if isinstance(kernel_size, (tuple, list)):
-        if len(kernel_size) != 2:
-            raise ValueError(f"{name} must be an integer k or a pair (kh, kw), got "
+        if len(kernel_size) != dims:
+            raise ValueError(f"{name} must be an integer k or {form}, got "
                              f"{kernel_size!r} ({len(kernel_size)} entries)")
-        return (positive_int(kernel_size[0], f"{name}[0]"),
-                positive_int(kernel_size[1], f"{name}[1]"))
+        return tuple(positive_int(k, f"{name}[{i}]") for i, k in enumerate(kernel_size))
     try:
         k = positive_int(kernel_size, name)
     except TypeError:
-        raise TypeError(f"{name} must be an integer k or a pair (kh, kw), got "
+        raise TypeError(f"{name} must be an integer k or {form}, got "
                         f"{type(kernel_size).__name__} {kernel_size!r}") from None
-    return k, k
+    return (k,) * dims
+
+
+def kernel_size_2d(kernel_size, name: str = "kernel_size") -> tuple[int, int]:
+    """``k`` or ``(kh, kw)``, each a positive integer, as ``(kh, kw)``."""
+    return kernel_size_nd(kernel_size, 2, name)
 
 
 def non_negative_number(value, name: str) -> float:
