@@ -39,11 +39,14 @@ def _bench(args) -> int:
     from .train.preflight import prepare_run_folder
 
     # Each section flag runs that section alone, so two of them cannot both be honoured.
-    sections = [f"--{name}" for name in ("scaling", "jit", "parity", "precision")
+    sections = [f"--{name}" for name in ("scaling", "jit", "parity", "precision", "nd")
                 if getattr(args, name, False)]
     if len(sections) > 1:
         raise ValueError(f"{' and '.join(sections)} each run one section alone; give one of "
                          "them per run (or none for the op and model suite)")
+    if args.dims != 2 and not args.scaling:
+        raise ValueError(f"--dims {args.dims} applies to --scaling only (the 1-D and 3-D "
+                         "solves against conv are --nd)")
     # Before measuring, so that a run's results are never lost to an unwritable --out.
     prepare_run_folder(args.out)
     if args.jit:
@@ -57,6 +60,9 @@ def _bench(args) -> int:
 
     if args.parity:
         return _bench_parity(args)
+
+    if args.nd:
+        return _bench_nd(args)
 
     from .bench import suite as bench
 
@@ -99,6 +105,19 @@ def _bench_parity(args) -> int:
     return 0
 
 
+def _bench_nd(args) -> int:
+    from pathlib import Path
+
+    from .bench import nd_solve
+
+    if args.device != "cpu":
+        raise ValueError("--nd measures the CPU kernels; give --device cpu (the default)")
+    result = nd_solve.run(args.quick)
+    for path in nd_solve.write(result, Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
 def _jit(args) -> int:
     from . import jit
 
@@ -127,8 +146,9 @@ def _bench_scaling(args) -> int:
 
     from .bench import scaling
 
-    options = dict(sides=(8, 16, 32), repeats=3, max_step_s=5.0) if args.quick else {}
-    result = scaling.run(args.device, **options)
+    quick_sides = (8, 16, 32) if args.dims == 2 else (4, 8, 12)
+    options = dict(sides=quick_sides, repeats=3, max_step_s=5.0) if args.quick else {}
+    result = scaling.run(args.device, dims=args.dims, **options)
     for name, slope in result["slopes_vs_n"].items():
         print(f"{name}: slope of log(time) vs log(n) = "
               f"{'n/a' if slope is None else format(slope, '.2f')}")
@@ -413,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only the time-scaling study (the paper's Figure 4): one training "
                             "step of 4 inverse convs against image size, ours vs the dense "
                             "O(n^3) and sequential solvers (writes scaling.json, scaling.png)")
+    bench.add_argument("--dims", type=int, default=2, choices=[2, 3],
+                       help="with --scaling: 2 (default) for images, 3 for cubes m x m x m: a "
+                            "stack of 8 inverse convs, one per corner NTL..FBR (writes "
+                            "scaling_3d.json, scaling_3d.png)")
     bench.add_argument("--precision", action="store_true",
                        help="only the mixed-precision section: a training step of the digits "
                             "and MNIST presets at fp32 and bf16 (round-robin), and the test "
@@ -425,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "F.conv2d and the solve, the sampling pass per placement against "
                             "Glow's, and inv_conv2d's forward+backward (time, peak memory) "
                             "against F.conv2d's (writes parity.json)")
+    bench.add_argument("--nd", action="store_true",
+                       help="only the 1-D and 3-D solves (inv_conv1d, inv_conv3d, their "
+                            "transposed solves and the generic kernel) against F.conv1d and "
+                            "F.conv3d of the same shape, CPU (writes nd.json, nd.md)")
     bench.set_defaults(run=_bench)
 
     jit = sub.add_parser("jit", help="layer shapes specialized at run time (the JIT cache)")
