@@ -460,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--list", action="store_true", help="list the cached specializations")
     action.add_argument("--clear", action="store_true", help="empty the cache")
     action.add_argument("--specialize", nargs=3, metavar=("KERNEL", "CHANNELS", "PATTERN"),
-                        help="compile one shape into the cache now, e.g. 3x3 16 tl")
+                        help="compile one shape into the cache now, e.g. 3x3 16 tl (2-D), "
+                             "5 8 l (1-D) or 2x3x3 8 ntl (3-D)")
     jit.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                      help="with --specialize: the C++ compiler (cpu) or nvcc (cuda)")
     jit.add_argument("--json", action="store_true", help="with --list: print JSON")

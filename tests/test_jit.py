@@ -427,3 +427,39 @@ def test_run_time_module_does_not_link_libtorch(compiled):
                             check=True).stdout
     libs = [line for line in needed.splitlines() if "(NEEDED)" in line]
     assert libs and not any("torch" in line or "c10" in line for line in libs), libs
+
+
+# 1-D and 3-D shapes (docs/nd-design.md) go through the same generator and cache.
+ND_SHAPES = [((2, 3, 2), 8, "FBL", (3, 4, 5)), ((4,), 6, "pair", (11,))]
+
+
+@pytest.mark.parametrize("kernel, channels, order, spatial", ND_SHAPES,
+                         ids=[s[2] for s in ND_SHAPES])
+def test_nd_shape_is_specialized_and_matches_the_dense_oracle(cache_env, kernel, channels,
+                                                              order, spatial, rng):
+    import oracle_nd
+
+    names = jit.specialize(kernel, channels, order)
+    stem = f"invconv_k{'x'.join(map(str, kernel))}_c{channels}_{order.lower()}"
+    assert sorted(names) == sorted(f"{stem}_{d}_{r}_cpu" for d in ("f32", "f64")
+                                   for r in ("solve", "transposed"))
+    groups = 2 ** len(kernel) if order in ("pair", "oct") else 1
+    weight = 0.3 / max(kernel) * torch.randn(channels, channels // groups, *kernel,
+                                             generator=rng, dtype=torch.float64)
+    y = torch.randn(3, channels, *spatial, generator=rng, dtype=torch.float64)
+    dense = oracle_nd.dense(weight, order, spatial)
+    for direction, matrix in ((_dispatch.SOLVE, dense), (_dispatch.TRANSPOSED, dense.T)):
+        x, name = _dispatch.solve(y, weight, order, direction)
+        assert name == f"{stem}_f64_{'solve' if direction == 0 else 'transposed'}_cpu"
+        ref = torch.linalg.solve(matrix, y.reshape(3, -1).T).T.reshape(y.shape)
+        assert oracle.rel_err(x, ref) < 1e-10
+    assert _dispatch.solve(y, weight, order, force_generic=True)[1] == "generic"
+
+
+def test_background_hook_names_an_nd_shape_by_its_own_kernel(monkeypatch):
+    """The dispatch hook reports the weight's own kernel sizes (one per spatial axis)."""
+    heard = []
+    monkeypatch.setattr(_dispatch, "_unspecialized_hook", lambda *args: heard.append(args))
+    weight = torch.zeros(4, 4, 2, 1, 3, dtype=torch.float64)
+    _dispatch.solve(torch.ones(1, 4, 2, 2, 3, dtype=torch.float64), weight, "NTR")
+    assert heard == [("cpu", (2, 1, 3), 4, "NTR")]

@@ -225,8 +225,10 @@ def specialize(kernel_size, channels, pattern, device="cpu") -> list[str]:
     Args:
         kernel_size: ``k`` (that size on every axis of the pattern's dimension), a tuple of
             1 to 3 sizes (``(kw,)``, ``(kh, kw)``, ``(kd, kh, kw)``) or ``"KHxKW"``-style text.
-        channels: channel count C (divisible by 4 for ``quad``).
-        pattern: ``"TL" | "TR" | "BL" | "BR" | "quad"`` (any case).
+        channels: channel count C (divisible by the group count for ``pair``, ``quad``,
+            ``oct``).
+        pattern: the order, any case: 1-D ``L | R | pair``; 2-D ``TL | TR | BL | BR |
+            quad``; 3-D ``NTL`` … ``FBR`` or ``oct`` (the pattern names the dimension).
         device: ``"cpu"`` (the C++ compiler of the build) or ``"cuda"`` (nvcc).
 
     Returns:
