@@ -158,8 +158,11 @@ def fwd_bwd_case(batch, channels, size, order, rounds, device="cpu") -> dict:
         "conv2d_backward_peak_over_bchw": backward_peak_bytes(
             lambda: torch.autograd.grad(out, (y, weight), grad, retain_graph=True), device) / bchw_bytes}
     med = {k: v["median_ms"] for k, v in t.items()}
+    tag = f"conv_weight_grad_{order}_{KERNEL}x{KERNEL}"
+    chosen = [form for key, form in _autotune.choices().items()
+              if key[0] == tag and key[4] == tuple(y.shape)]
     return {"shape": [batch, channels, size, size], "kernel": KERNEL, "order": order, "times": t,
-            "memory": memory,
+            "memory": memory, "weight_grad_form": chosen[0] if chosen else None,
             "ratios": {"fwd_bwd_inv_over_conv": med["inv_conv2d_fwd_bwd"] / med["conv2d_fwd_bwd"],
                        "backward_peak_inv_over_conv": (memory["inv_conv2d_backward_peak_over_bchw"]
                                                        / memory["conv2d_backward_peak_over_bchw"])}}
@@ -244,7 +247,7 @@ def _fwd_bwd_line(r) -> str:
     return (f"fwd+bwd {_label(r)}: inv {t['inv_conv2d_fwd_bwd']['median_ms']:.3f} ms, conv "
             f"{t['conv2d_fwd_bwd']['median_ms']:.3f} ms = {q['fwd_bwd_inv_over_conv']:.2f}x; "
             f"backward peak {m['inv_conv2d_backward_peak_over_bchw']:.2f} vs "
-            f"{m['conv2d_backward_peak_over_bchw']:.2f} BCHW")
+            f"{m['conv2d_backward_peak_over_bchw']:.2f} BCHW; weight grad {r['weight_grad_form']}")
 
 
 def write(result: dict, out: Path) -> Path:

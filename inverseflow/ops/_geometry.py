@@ -107,21 +107,11 @@ def _quad_per_group(x: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def _quad_windows(full: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Quad's answer from a convolution padded by k−1 on every side (DESIGN §15): group g
-    takes the H×W window at row 0 for a top corner (k_h−1 for a bottom one) and column 0
-    for a left corner (k_w−1 for a right one)."""
-    row_step, col_step = full.shape[2] - height, full.shape[3] - width
-    return torch.cat([full[:, part, row_step * (g // 2):row_step * (g // 2) + height,
-                           col_step * (g % 2):col_step * (g % 2) + width]
-                      for g, (_, part) in enumerate(groups("quad", full.shape[1]))], dim=1)
-
-
 def _quad_grouped(x: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
     """One ``groups=4`` convolution with conv's own padding, then each group's window."""
     kh, kw = weight_m.shape[2], weight_m.shape[3]
     full = F.conv2d(x, weight_m, padding=(kh - 1, kw - 1), groups=4)
-    return _quad_windows(full, x.shape[2], x.shape[3])
+    return _group_windows(full, "quad", 1, (x.shape[2], x.shape[3]), adjoint=False)
 
 
 def _quad_block_diagonal(x: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
@@ -131,7 +121,7 @@ def _quad_block_diagonal(x: torch.Tensor, weight_m: torch.Tensor) -> torch.Tenso
     kh, kw = weight_m.shape[2], weight_m.shape[3]
     dense = _weight_cache.derived("block_diagonal", (weight_m,), lambda: block_diagonal(weight_m))
     full = F.conv2d(x, dense, padding=(kh - 1, kw - 1))
-    return _quad_windows(full, x.shape[2], x.shape[3])
+    return _group_windows(full, "quad", 1, (x.shape[2], x.shape[3]), adjoint=False)
 
 
 def block_diagonal(weight_g: torch.Tensor) -> torch.Tensor:
@@ -168,8 +158,28 @@ QUAD_FORMS = {"per_group": _quad_per_group, "grouped": _quad_grouped,
 
 
 def causal_conv_adjoint(u: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:
-    """The adjoint of :func:`causal_conv` in its input: conv_transpose2d, cropped to the
-    unpadded image."""
+    """The adjoint of :func:`causal_conv` in its input (``Tᵀu``, forward-mode AD of the
+    transposed solve): ``conv_transpose2d``, each group cropped to the unpadded image.
+
+    Quad has the forward's equal forms, transposed (DESIGN §15): four calls, one
+    ``groups=4`` call with a window per group, one dense call with the block-diagonal
+    weight, or one "same" call with the embedded (2k−1)² kernel and no window. Plain eager
+    calls take the fastest for the shape; tracing and torch.func take the per-group form.
+    """
+    if order == "quad" and _tunable(u, weight_m):
+        form = _autotune.fastest("causal_conv_adjoint_quad", ADJOINT_QUAD_FORMS, u, weight_m)
+        return ADJOINT_QUAD_FORMS[form](u, weight_m)
+    return _adjoint_per_group(u, weight_m, order)
+
+
+def _tunable(*tensors: torch.Tensor) -> bool:
+    """Eager plain tensors (derivatives may be recorded): not traced, no torch.func."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    return all(type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors)
+
+
+def _adjoint_per_group(u: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:
     kh, kw = weight_m.shape[2], weight_m.shape[3]
     parts = []
     for corner, part in groups(order, u.shape[1]):
@@ -179,30 +189,137 @@ def causal_conv_adjoint(u: torch.Tensor, weight_m: torch.Tensor, order: str) -> 
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
+def _group_windows(full: torch.Tensor, order: str, dim: int, size: tuple[int, int],
+                   adjoint: bool) -> torch.Tensor:
+    """Each channel group's ``size`` window of a result computed with conv's own k−1
+    padding on every side (DESIGN §15), groups along ``dim`` (1 for images, 0 for weight
+    gradients). Group g's window starts at row 0 for a top corner (k_h−1 for a bottom
+    one) and column 0 for a left corner (k_w−1 for a right one); the adjoint's, whose
+    padding is at the opposite corner, at the other end."""
+    rows, cols = size
+    row_step, col_step = full.shape[2] - rows, full.shape[3] - cols
+    parts = []
+    for corner, part in groups(order, full.shape[dim]):
+        left, _, top, _ = padding(corner, row_step + 1, col_step + 1)
+        r0, c0 = (top, left) if adjoint else (row_step - top, col_step - left)
+        window = full[:, :, r0:r0 + rows, c0:c0 + cols]
+        parts.append(window.narrow(dim, part.start, part.stop - part.start))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+def _adjoint_grouped(u: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
+    full = F.conv_transpose2d(u, weight_m, groups=4)
+    return _group_windows(full, "quad", 1, (u.shape[2], u.shape[3]), adjoint=True)
+
+
+def _adjoint_block_diagonal(u: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
+    full = F.conv_transpose2d(u, block_diagonal(weight_m))
+    return _group_windows(full, "quad", 1, (u.shape[2], u.shape[3]), adjoint=True)
+
+
+def _adjoint_embedded(u: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
+    kh, kw = weight_m.shape[2], weight_m.shape[3]
+    return F.conv_transpose2d(u, embedded(weight_m), padding=(kh - 1, kw - 1))
+
+
+ADJOINT_QUAD_FORMS = {"per_group": lambda u, w: _adjoint_per_group(u, w, "quad"),
+                      "grouped": _adjoint_grouped, "block_diagonal": _adjoint_block_diagonal,
+                      "embedded": _adjoint_embedded}
+
+# The weight gradient runs over the batch in chunks of at most this many input bytes, so
+# its scratch (a padded copy, oneDNN's reordered copies of the input and of grad_out) is
+# bounded by a few chunks rather than growing with B·C·H·W: the backward's peak memory
+# then stays at or below conv's own (issue 18), and a chunk that fits in L2 runs no slower.
+WEIGHT_GRAD_CHUNK_BYTES = 512 * 1024
+
+
 def conv_weight_grad(inp: torch.Tensor, grad_out: torch.Tensor, weight_shape, order: str):
     """d<grad_out, causal_conv(inp, W)>/dW, unmasked (the standard conv weight gradient).
 
-    Calls ``aten.convolution_backward`` with the real weight's shape as a zero-stride
-    tensor: ``torch.nn.grad.conv2d_weight`` does the same, but its ``expand`` of a
-    Python-int shape broke backward under ``torch.compile(dynamic=True)`` when H or W
-    changed.
+    Plain eager calls (the backward of ``inv_conv2d``) take the fastest of the
+    equal forms for the shape (:data:`WEIGHT_GRAD_FORMS`), over the batch in chunks of
+    :data:`WEIGHT_GRAD_CHUNK_BYTES`. Tracing, torch.func and a recorded double backward
+    take the per-group padded form; symbolic H or W a forward-conv form.
     """
     kh, kw = weight_shape[2], weight_shape[3]
     if inp.shape[2] == 0 or inp.shape[3] == 0:   # no pixel, no gradient (conv rejects it)
         return grad_out.new_zeros(tuple(weight_shape))
-    symbolic = not all(isinstance(size, int) for size in inp.shape[2:])
-    parts = []
-    for corner, part in groups(order, inp.shape[1]):
-        cg = part.stop - part.start
-        padded = F.pad(inp[:, part], padding(corner, kh, kw))
-        if symbolic:
-            parts.append(_weight_grad_as_conv(padded, grad_out[:, part]))
-            continue
-        shape_only = grad_out.new_zeros(()).expand(cg, weight_shape[1], kh, kw)
-        parts.append(torch.ops.aten.convolution_backward(
-            grad_out[:, part], padded, shape_only, None, [1, 1], [0, 0], [1, 1], False,
-            [0, 0], 1, (False, True, False))[1])
+    if not all(isinstance(size, int) for size in inp.shape[2:]):
+        parts = [_weight_grad_as_conv(F.pad(inp[:, part], padding(corner, kh, kw)),
+                                      grad_out[:, part])
+                 for corner, part in groups(order, inp.shape[1])]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+    if not _weight_cache.plain_eager(inp, grad_out):
+        return _weight_grad_padded(inp, grad_out, weight_shape, order)
+    forms = {name: functools.partial(_in_batch_chunks, form, weight_shape=tuple(weight_shape),
+                                     order=order)
+             for name, form in WEIGHT_GRAD_FORMS.items() if order == "quad" or name in _CORNER}
+    form = _autotune.fastest(f"conv_weight_grad_{order}_{kh}x{kw}", forms, inp, grad_out)
+    return forms[form](inp, grad_out)
+
+
+def _in_batch_chunks(form, inp: torch.Tensor, grad_out: torch.Tensor, weight_shape, order):
+    """``form`` summed over chunks of the batch of at most WEIGHT_GRAD_CHUNK_BYTES each (a
+    quarter of that for the block-diagonal form, whose dense call reorders all C channels
+    at once where the grouped forms' scratch is a group's)."""
+    budget = WEIGHT_GRAD_CHUNK_BYTES // (4 if form is _weight_grad_block_diagonal else 1)
+    size = inp.numel() * inp.element_size()
+    chunks = min(inp.shape[0], max(1, -(-size // max(1, budget))))
+    if chunks == 1:
+        return form(inp, grad_out, weight_shape, order)
+    total = None
+    for inp_part, grad_part in zip(inp.tensor_split(chunks), grad_out.tensor_split(chunks)):
+        part = form(inp_part, grad_part, weight_shape, order)
+        total = part if total is None else total.add_(part)   # parts are ours to reuse
+    return total
+
+
+def _convolution_weight_grad(grad_out, inp, shape, pad, groups_):
+    """``aten.convolution_backward``'s weight gradient, given the weight's shape as a
+    zero-stride tensor: ``torch.nn.grad.conv2d_weight`` does the same, but its ``expand``
+    of a Python-int shape broke backward under ``torch.compile(dynamic=True)``."""
+    shape_only = grad_out.new_zeros(()).expand(*shape)
+    return torch.ops.aten.convolution_backward(
+        grad_out, inp, shape_only, None, [1, 1], list(pad), [1, 1], False, [0, 0], groups_,
+        (False, True, False))[1]
+
+
+def _weight_grad_padded(inp, grad_out, weight_shape, order):
+    """Each group's input padded at its corner (a copy), then conv's k×k weight gradient."""
+    kh, kw = weight_shape[2], weight_shape[3]
+    parts = [_convolution_weight_grad(grad_out[:, part],
+                                      F.pad(inp[:, part], padding(corner, kh, kw)),
+                                      (part.stop - part.start, weight_shape[1], kh, kw),
+                                      (0, 0), 1)
+             for corner, part in groups(order, inp.shape[1])]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def _weight_grad_conv_padding(inp, grad_out, weight_shape, order):
+    """No copy: conv's own k−1 padding on every side gives a (2k−1)² weight gradient (each
+    group in one ``groups=4`` call for quad), and each group takes its k×k window."""
+    kh, kw = weight_shape[2], weight_shape[3]
+    full = _convolution_weight_grad(grad_out, inp, (weight_shape[0], weight_shape[1],
+                                                    2 * kh - 1, 2 * kw - 1),
+                                    (kh - 1, kw - 1), 4 if order == "quad" else 1)
+    return _group_windows(full, order, 0, (kh, kw), adjoint=False)
+
+
+def _weight_grad_block_diagonal(inp, grad_out, weight_shape, order):
+    """Quad in one dense call with conv's own padding (4× the multiply-adds, but the dense
+    kernel beats the grouped one at small C), then each group's block and window."""
+    kh, kw = weight_shape[2], weight_shape[3]
+    channels, cg = inp.shape[1], weight_shape[1]
+    full = _convolution_weight_grad(grad_out, inp, (channels, channels, 2 * kh - 1, 2 * kw - 1),
+                                    (kh - 1, kw - 1), 1)
+    diagonal = torch.cat([full[part, part.start:part.stop]
+                          for _, part in groups("quad", channels)], dim=0)
+    return _group_windows(diagonal, order, 0, (kh, kw), adjoint=False)
+
+
+WEIGHT_GRAD_FORMS = {"padded": _weight_grad_padded, "conv_padding": _weight_grad_conv_padding,
+                     "block_diagonal": _weight_grad_block_diagonal}
+_CORNER = ("padded", "conv_padding")
 
 
 def _weight_grad_as_conv(padded: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
