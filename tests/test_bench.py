@@ -95,7 +95,14 @@ def test_parity_section_reports_every_ratio_and_writes_json(tmp_path):
     assert set(sampling["times"]) == {"inverseflow", "finc", "glow"}
     fwd_bwd = conv_parity.fwd_bwd_case(2, 4, 4, "TL", rounds=2)
     assert fwd_bwd["memory"]["inv_conv2d_backward_peak_over_bchw"] >= 1.0   # at least grad_y
-    result = {"causal_conv": [causal], "sampling": [sampling], "fwd_bwd": [fwd_bwd]}
+    assert fwd_bwd["weight_grad_form"] in inverseflow.ops._geometry.WEIGHT_GRAD_FORMS
+    forms = conv_parity.backward_forms_case(2, 4, 4, "quad", rounds=2)
+    assert set(forms["weight_grad"]) == {"before", *inverseflow.ops._geometry.WEIGHT_GRAD_FORMS}
+    assert set(forms["adjoint"]) == set(inverseflow.ops._geometry.ADJOINT_QUAD_FORMS)
+    assert forms["chosen"]["conv_weight_grad_quad_3x3"] in forms["weight_grad"]
+    assert forms["chosen"]["causal_conv_adjoint_quad"] in forms["adjoint"]
+    result = {"causal_conv": [causal], "sampling": [sampling], "fwd_bwd": [fwd_bwd],
+              "backward_forms": [forms]}
     result["summary"] = conv_parity.summarize(result)
     path = conv_parity.write(result, tmp_path)
     assert json.loads(open(path).read())["summary"]["causal_conv"]["cases"] == 1

@@ -10,11 +10,15 @@ sample with ``torch.utils.benchmark``, medians), so that all sides see the same 
   conv per k×k layer), the FInC placement on the same weights (a solve per layer), and
   Glow (1×1 only);
 - ``fwd_bwd``: forward plus backward (input and weight gradients) of ``inv_conv2d``
-  against ``F.conv2d``'s, with the peak memory that each backward allocates.
+  against ``F.conv2d``'s, with the peak memory that each backward allocates;
+- ``backward_forms``: the weight gradient's and quad's adjoint's equal forms (ops/_geometry)
+  side by side, against the form used before them (a padded copy of the whole batch; four
+  calls and a concatenation), and the one chosen for the shape.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import statistics
 import time
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 
 from ..models import from_preset
 from ..models.timing import timer
-from ..ops import _autotune, causal_conv2d, inv_conv2d
+from ..ops import _autotune, _geometry, causal_conv2d, inv_conv2d
 from .environment import environment, write_json
 
 ORDERS = ("TL", "TR", "BL", "BR", "quad")
@@ -34,6 +38,7 @@ QUICK_GRID = {"batch": (1, 100), "channels": (4, 12), "size": (4, 16)}
 KERNEL = 3
 PRESETS = ("digits", "mnist")
 FWD_BWD_SHAPES = ((64, 12, 16), (16, 48, 32))    # (batch, channels, H = W)
+BACKWARD_FORM_SHAPES = ((64, 12, 16), (16, 48, 32), (64, 4, 8), (64, 16, 8), (1, 12, 16))
 TARGETS = {"causal_over_conv": 1.0, "causal_over_conv_bar": 1.2,
            "sampling_inverseflow_over_glow": 1.1, "sampling_inverseflow_over_glow_bar": 1.3,
            "fwd_bwd_inv_over_conv": 1.2, "fwd_bwd_inv_over_conv_bar": 1.3}
@@ -168,8 +173,35 @@ def fwd_bwd_case(batch, channels, size, order, rounds, device="cpu") -> dict:
                                                        / memory["conv2d_backward_peak_over_bchw"])}}
 
 
+def backward_forms_case(batch, channels, size, order, rounds, device="cpu") -> dict:
+    """Median ms of each weight-gradient form (over its batch chunks), of the unchunked
+    padded form used before (``before``) and, for quad, of each adjoint form."""
+    gen = torch.Generator().manual_seed(0)
+    weight_m = _geometry.masked_weight(_weight(channels, order, gen), order).to(device)
+    x = torch.randn(batch, channels, size, size, generator=gen).to(device)
+    grad = torch.randn(batch, channels, size, size, generator=gen).to(device)
+    shape = tuple(weight_m.shape)
+    stmts = {"before": lambda: _geometry._weight_grad_padded(x, grad, shape, order)}
+    for name, form in _geometry.WEIGHT_GRAD_FORMS.items():
+        if order == "quad" or name != "block_diagonal":
+            stmts[name] = functools.partial(_geometry._in_batch_chunks, form, x, grad, shape, order)
+    with torch.no_grad():
+        weight_grad = round_robin(stmts, rounds)
+        _geometry.conv_weight_grad(x, grad, shape, order)   # records the choice
+        adjoint = (round_robin({name: functools.partial(fn, grad, weight_m)
+                                for name, fn in _geometry.ADJOINT_QUAD_FORMS.items()}, rounds)
+                   if order == "quad" else None)
+        _geometry.causal_conv_adjoint(grad, weight_m, order)
+    chosen = {key[0]: form for key, form in _autotune.choices().items()
+              if key[4] == tuple(x.shape) and key[0] in (
+                  f"conv_weight_grad_{order}_{KERNEL}x{KERNEL}", "causal_conv_adjoint_quad")}
+    return {"shape": [batch, channels, size, size], "kernel": KERNEL, "order": order,
+            "chunk_bytes": _geometry.WEIGHT_GRAD_CHUNK_BYTES, "weight_grad": weight_grad,
+            "adjoint": adjoint, "chosen": chosen}
+
+
 def run(device: str = "cpu", quick: bool = False, log=print, sections=None) -> dict:
-    sections = sections or ("causal_conv", "sampling", "fwd_bwd")
+    sections = sections or ("causal_conv", "sampling", "fwd_bwd", "backward_forms")
     grid = QUICK_GRID if quick else GRID
     rounds = 5 if quick else 15
     result = {"environment": environment(device), "targets": TARGETS}
@@ -198,6 +230,13 @@ def run(device: str = "cpu", quick: bool = False, log=print, sections=None) -> d
                 r = fwd_bwd_case(batch, channels, size, order, rounds, device)
                 result["fwd_bwd"].append(r)
                 log(_fwd_bwd_line(r))
+    if "backward_forms" in sections:
+        result["backward_forms"] = []
+        for batch, channels, size in (BACKWARD_FORM_SHAPES[:1] if quick else BACKWARD_FORM_SHAPES):
+            for order in ("TL", "quad"):
+                r = backward_forms_case(batch, channels, size, order, rounds, device)
+                result["backward_forms"].append(r)
+                log(_backward_forms_line(r))
     result["summary"] = summarize(result)
     return result
 
@@ -248,6 +287,15 @@ def _fwd_bwd_line(r) -> str:
             f"{t['conv2d_fwd_bwd']['median_ms']:.3f} ms = {q['fwd_bwd_inv_over_conv']:.2f}x; "
             f"backward peak {m['inv_conv2d_backward_peak_over_bchw']:.2f} vs "
             f"{m['conv2d_backward_peak_over_bchw']:.2f} BCHW; weight grad {r['weight_grad_form']}")
+
+
+def _backward_forms_line(r) -> str:
+    def times(section):
+        return ", ".join(f"{name} {v['median_ms']:.3f}" for name, v in section.items())
+    line = f"backward forms {_label(r)}: weight grad ms {times(r['weight_grad'])}"
+    if r["adjoint"]:
+        line += f"; adjoint ms {times(r['adjoint'])}"
+    return f"{line}; chosen {r['chosen']}"
 
 
 def write(result: dict, out: Path) -> Path:
