@@ -121,8 +121,10 @@ def test_nd_case_reports_every_figure(channels, kernel, order, size, specialized
     assert r["residual_max_abs"] < 1e-4              # the op's x solves causal_conv(x) = y
     assert set(r["times"]) == set(nd_solve.STATEMENTS)
     assert all(t["median_ms"] > 0 and t["rounds"] == 2 for t in r["times"].values())
-    assert set(r["ratios"]) == {"solve_over_conv", "op_over_conv", "transposed_over_conv",
-                                "generic_over_solve"}
+    assert set(r["ratios"]) == set(r["ratios_of_minima"]) == {
+        "solve_over_conv", "op_over_conv", "transposed_over_conv", "generic_over_solve"}
+    assert r["ratios_of_minima"]["solve_over_conv"] == (r["times"]["solve"]["min_ms"]
+                                                        / r["times"]["conv"]["min_ms"])
 
 
 def test_nd_shapes_cover_the_specialized_layers():
