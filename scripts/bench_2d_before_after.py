@@ -179,7 +179,8 @@ def main(argv=None) -> int:
             t = r["times"]
             print(f"{batch}x{channels}x{side}x{side} k={kernel} {order:>4} {variant:>10}: "
                   f"old {t['old']['median_ms']:.3f} ms, new {t['new']['median_ms']:.3f} ms, "
-                  f"installed {t['installed']['median_ms']:.3f} ms; new/old {r['new_over_old']:.3f} "
+                  f"installed {t['installed']['median_ms']:.3f} ms; "
+                  f"new/old {r['new_over_old']:.3f} "
                   f"(of minima {r['new_over_old_of_minima']:.3f})", flush=True)
     result = {"environment": environment("cpu"), "commits": commits, "compiler": cxx,
               "flags": flags, "layers": list(STEMS), "rounds": args.rounds, "threads": args.threads,

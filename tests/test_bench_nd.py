@@ -72,7 +72,8 @@ def test_sequential_inverse_refuses_a_group_pattern():
 
 
 def test_opposite_corner():
-    assert [baselines_nd.opposite(c) for c in ("L", "TR", "NTL", "FBL")] == ["R", "BL", "FBR", "NTR"]
+    flipped = [baselines_nd.opposite(c) for c in ("L", "TR", "NTL", "FBL")]
+    assert flipped == ["R", "BL", "FBR", "NTR"]
 
 
 def test_the_3d_methods_do_the_same_training_step(rng):
@@ -209,7 +210,8 @@ def test_before_after_solver_calls_both_entry_points(rng):
         def solve(self, *args):
             self.calls.append(args[3:])
             return "generic"
-    OldModule.solve.__doc__ = "solve(y: int, weight: int, x: int, batch: int, channels: int, height: int, ...)"
+    OldModule.solve.__doc__ = ("solve(y: int, weight: int, x: int, batch: int, channels: int, "
+                               "height: int, ...)")
     script.solver(OldModule())(y, weight, "TL", 1, True)
     assert OldModule.calls[0][:8] == (3, 12, 5, 6, 3, 3, 0, 0)   # batch..kw, TL, float32
     assert OldModule.calls[0][8] == 1 and OldModule.calls[0][-1] is True
