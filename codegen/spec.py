@@ -28,7 +28,8 @@ PATTERNS = tuple(p for patterns in PATTERNS_BY_DIMS.values() for p in patterns)
 DIMS_OF_PATTERN = {p: d for d, patterns in PATTERNS_BY_DIMS.items() for p in patterns}
 GROUPS = {"pair": 2, "quad": 4, "oct": 8}
 DTYPES = ("float32", "float64")
-DIRECTIONS = ("solve", "transposed")
+# solve: x = T⁻¹y; transposed: x = T⁻ᵀy; conv: the causal convolution y = T x itself.
+DIRECTIONS = ("solve", "transposed", "conv")
 BACKENDS = ("cpu", "cuda")
 
 # Codes shared with csrc/invconv/common.h (enum Pattern, DType, Direction). A corner of a
@@ -39,6 +40,7 @@ PATTERN_CODE = {"tl": 0, "tr": 1, "bl": 2, "br": 3, "quad": 4, "pair": 5, "oct":
                 "l": 0, "r": 1, "ntl": 0, "ntr": 1, "nbl": 2, "nbr": 3}
 DTYPE_CODE = {d: i for i, d in enumerate(DTYPES)}
 DIRECTION_CODE = {d: i for i, d in enumerate(DIRECTIONS)}
+DIRECTION_ENUM = {"solve": "kSolve", "transposed": "kTransposed", "conv": "kConv"}
 DTYPE_SHORT = {"float32": "f32", "float64": "f64"}
 CPP_TYPE = {"float32": "float", "float64": "double"}
 
@@ -88,6 +90,10 @@ class Spec:
     @property
     def cpp_type(self) -> str:
         return CPP_TYPE[self.dtype]
+
+    @property
+    def direction_enum(self) -> str:
+        return DIRECTION_ENUM[self.direction]
 
     @property
     def codes(self) -> dict:

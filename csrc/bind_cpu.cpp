@@ -9,8 +9,10 @@ using inverseflow::cpu::solve;
 
 // The generic (runtime-shape) kernels: the same code with no compile-time sizes.
 const inverseflow::GenericTable kGeneric = {
-    {&solve<float, 0, 0, 0, 0, false>, &solve<float, 0, 0, 0, 0, true>},
-    {&solve<double, 0, 0, 0, 0, false>, &solve<double, 0, 0, 0, 0, true>},
+    {&solve<float, 0, 0, 0, 0, inverseflow::kSolve>, &solve<float, 0, 0, 0, 0, inverseflow::kTransposed>,
+     &solve<float, 0, 0, 0, 0, inverseflow::kConv>},
+    {&solve<double, 0, 0, 0, 0, inverseflow::kSolve>, &solve<double, 0, 0, 0, 0, inverseflow::kTransposed>,
+     &solve<double, 0, 0, 0, 0, inverseflow::kConv>},
 };
 
 }  // namespace

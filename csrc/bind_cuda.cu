@@ -10,10 +10,18 @@
 #include "invconv/cuda_solve.cuh"
 
 // The one instantiation of the generic kernels (cuda_solve.cuh declares them extern).
-template void inverseflow::cuda::solve<float, 0, 0, 0, 0, false>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<float, 0, 0, 0, 0, true>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, 0, false>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, 0, true>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kSolve>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kTransposed>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kConv>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kSolve>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kTransposed>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kConv>(
+    const inverseflow::SolveArgs&);
 
 namespace {
 
@@ -21,8 +29,10 @@ using inverseflow::cuda::solve;
 
 // The generic (runtime-shape) kernels: the same code with no compile-time sizes.
 const inverseflow::GenericTable kGeneric = {
-    {&solve<float, 0, 0, 0, 0, false>, &solve<float, 0, 0, 0, 0, true>},
-    {&solve<double, 0, 0, 0, 0, false>, &solve<double, 0, 0, 0, 0, true>},
+    {&solve<float, 0, 0, 0, 0, inverseflow::kSolve>, &solve<float, 0, 0, 0, 0, inverseflow::kTransposed>,
+     &solve<float, 0, 0, 0, 0, inverseflow::kConv>},
+    {&solve<double, 0, 0, 0, 0, inverseflow::kSolve>, &solve<double, 0, 0, 0, 0, inverseflow::kTransposed>,
+     &solve<double, 0, 0, 0, 0, inverseflow::kConv>},
 };
 
 }  // namespace

@@ -25,8 +25,8 @@ void not_this_module(const inverseflow::SolveArgs&) {
 }
 
 const inverseflow::GenericTable kNoGeneric = {
-    {&not_this_module, &not_this_module},
-    {&not_this_module, &not_this_module},
+    {&not_this_module, &not_this_module, &not_this_module},
+    {&not_this_module, &not_this_module, &not_this_module},
 };
 
 }  // namespace

@@ -10,182 +10,242 @@ namespace generated {
 #if defined(IFLOW_HAS_invconv_k2x2_c4_tl)
 void invconv_k2x2_c4_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c4_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c4_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k2x2_c4_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c4_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c4_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c4_quad)
 void invconv_k2x2_c4_quad_f32_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c4_quad_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c4_quad_f32_conv_cpu(const SolveArgs& args);
 void invconv_k2x2_c4_quad_f64_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c4_quad_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c4_quad_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c4_tl)
 void invconv_k3x3_c4_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c4_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c4_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3x3_c4_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c4_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c4_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c4_quad)
 void invconv_k3x3_c4_quad_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c4_quad_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c4_quad_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3x3_c4_quad_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c4_quad_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c4_quad_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c8_tl)
 void invconv_k2x2_c8_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c8_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c8_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k2x2_c8_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c8_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c8_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c8_quad)
 void invconv_k2x2_c8_quad_f32_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c8_quad_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c8_quad_f32_conv_cpu(const SolveArgs& args);
 void invconv_k2x2_c8_quad_f64_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c8_quad_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c8_quad_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c8_tl)
 void invconv_k3x3_c8_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c8_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c8_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3x3_c8_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c8_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c8_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c8_quad)
 void invconv_k3x3_c8_quad_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c8_quad_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c8_quad_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3x3_c8_quad_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c8_quad_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c8_quad_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c12_tl)
 void invconv_k2x2_c12_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c12_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c12_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k2x2_c12_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c12_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c12_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c12_quad)
 void invconv_k2x2_c12_quad_f32_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c12_quad_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c12_quad_f32_conv_cpu(const SolveArgs& args);
 void invconv_k2x2_c12_quad_f64_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c12_quad_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c12_quad_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c12_tl)
 void invconv_k3x3_c12_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c12_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c12_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3x3_c12_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c12_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c12_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c12_quad)
 void invconv_k3x3_c12_quad_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c12_quad_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c12_quad_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3x3_c12_quad_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c12_quad_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c12_quad_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c24_tl)
 void invconv_k2x2_c24_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c24_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c24_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k2x2_c24_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c24_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c24_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c24_quad)
 void invconv_k2x2_c24_quad_f32_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c24_quad_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c24_quad_f32_conv_cpu(const SolveArgs& args);
 void invconv_k2x2_c24_quad_f64_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c24_quad_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c24_quad_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c24_tl)
 void invconv_k3x3_c24_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c24_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c24_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3x3_c24_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c24_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c24_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c24_quad)
 void invconv_k3x3_c24_quad_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c24_quad_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c24_quad_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3x3_c24_quad_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c24_quad_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c24_quad_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c48_tl)
 void invconv_k2x2_c48_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c48_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c48_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k2x2_c48_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c48_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c48_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c48_quad)
 void invconv_k2x2_c48_quad_f32_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c48_quad_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c48_quad_f32_conv_cpu(const SolveArgs& args);
 void invconv_k2x2_c48_quad_f64_solve_cpu(const SolveArgs& args);
 void invconv_k2x2_c48_quad_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2_c48_quad_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c48_tl)
 void invconv_k3x3_c48_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c48_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c48_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3x3_c48_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c48_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c48_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c48_quad)
 void invconv_k3x3_c48_quad_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c48_quad_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c48_quad_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3x3_c48_quad_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3_c48_quad_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3_c48_quad_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k5x5_c4_tl)
 void invconv_k5x5_c4_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k5x5_c4_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k5x5_c4_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k5x5_c4_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k5x5_c4_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k5x5_c4_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k5x5_c12_tl)
 void invconv_k5x5_c12_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k5x5_c12_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k5x5_c12_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k5x5_c12_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k5x5_c12_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k5x5_c12_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k5x5_c12_quad)
 void invconv_k5x5_c12_quad_f32_solve_cpu(const SolveArgs& args);
 void invconv_k5x5_c12_quad_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k5x5_c12_quad_f32_conv_cpu(const SolveArgs& args);
 void invconv_k5x5_c12_quad_f64_solve_cpu(const SolveArgs& args);
 void invconv_k5x5_c12_quad_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k5x5_c12_quad_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k5x5_c48_tl)
 void invconv_k5x5_c48_tl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k5x5_c48_tl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k5x5_c48_tl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k5x5_c48_tl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k5x5_c48_tl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k5x5_c48_tl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3_c8_l)
 void invconv_k3_c8_l_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3_c8_l_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3_c8_l_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3_c8_l_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3_c8_l_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3_c8_l_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3_c8_pair)
 void invconv_k3_c8_pair_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3_c8_pair_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3_c8_pair_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3_c8_pair_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3_c8_pair_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3_c8_pair_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k5_c16_l)
 void invconv_k5_c16_l_f32_solve_cpu(const SolveArgs& args);
 void invconv_k5_c16_l_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k5_c16_l_f32_conv_cpu(const SolveArgs& args);
 void invconv_k5_c16_l_f64_solve_cpu(const SolveArgs& args);
 void invconv_k5_c16_l_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k5_c16_l_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3x3_c4_ntl)
 void invconv_k3x3x3_c4_ntl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3x3x3_c4_ntl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3x3_c4_ntl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3x3x3_c4_ntl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3x3_c4_ntl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3x3_c4_ntl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3x3_c8_ntl)
 void invconv_k3x3x3_c8_ntl_f32_solve_cpu(const SolveArgs& args);
 void invconv_k3x3x3_c8_ntl_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3x3_c8_ntl_f32_conv_cpu(const SolveArgs& args);
 void invconv_k3x3x3_c8_ntl_f64_solve_cpu(const SolveArgs& args);
 void invconv_k3x3x3_c8_ntl_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k3x3x3_c8_ntl_f64_conv_cpu(const SolveArgs& args);
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2x2_c8_oct)
 void invconv_k2x2x2_c8_oct_f32_solve_cpu(const SolveArgs& args);
 void invconv_k2x2x2_c8_oct_f32_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2x2_c8_oct_f32_conv_cpu(const SolveArgs& args);
 void invconv_k2x2x2_c8_oct_f64_solve_cpu(const SolveArgs& args);
 void invconv_k2x2x2_c8_oct_f64_transposed_cpu(const SolveArgs& args);
+void invconv_k2x2x2_c8_oct_f64_conv_cpu(const SolveArgs& args);
 #endif
 }  // namespace generated
 
@@ -193,182 +253,242 @@ const SpecEntry kSpecializations[] = {
 #if defined(IFLOW_HAS_invconv_k2x2_c4_tl)
     {2, 1, 2, 2, 4, 0, 0, 0, "invconv_k2x2_c4_tl_f32_solve_cpu", &generated::invconv_k2x2_c4_tl_f32_solve_cpu},
     {2, 1, 2, 2, 4, 0, 0, 1, "invconv_k2x2_c4_tl_f32_transposed_cpu", &generated::invconv_k2x2_c4_tl_f32_transposed_cpu},
+    {2, 1, 2, 2, 4, 0, 0, 2, "invconv_k2x2_c4_tl_f32_conv_cpu", &generated::invconv_k2x2_c4_tl_f32_conv_cpu},
     {2, 1, 2, 2, 4, 0, 1, 0, "invconv_k2x2_c4_tl_f64_solve_cpu", &generated::invconv_k2x2_c4_tl_f64_solve_cpu},
     {2, 1, 2, 2, 4, 0, 1, 1, "invconv_k2x2_c4_tl_f64_transposed_cpu", &generated::invconv_k2x2_c4_tl_f64_transposed_cpu},
+    {2, 1, 2, 2, 4, 0, 1, 2, "invconv_k2x2_c4_tl_f64_conv_cpu", &generated::invconv_k2x2_c4_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c4_quad)
     {2, 1, 2, 2, 4, 4, 0, 0, "invconv_k2x2_c4_quad_f32_solve_cpu", &generated::invconv_k2x2_c4_quad_f32_solve_cpu},
     {2, 1, 2, 2, 4, 4, 0, 1, "invconv_k2x2_c4_quad_f32_transposed_cpu", &generated::invconv_k2x2_c4_quad_f32_transposed_cpu},
+    {2, 1, 2, 2, 4, 4, 0, 2, "invconv_k2x2_c4_quad_f32_conv_cpu", &generated::invconv_k2x2_c4_quad_f32_conv_cpu},
     {2, 1, 2, 2, 4, 4, 1, 0, "invconv_k2x2_c4_quad_f64_solve_cpu", &generated::invconv_k2x2_c4_quad_f64_solve_cpu},
     {2, 1, 2, 2, 4, 4, 1, 1, "invconv_k2x2_c4_quad_f64_transposed_cpu", &generated::invconv_k2x2_c4_quad_f64_transposed_cpu},
+    {2, 1, 2, 2, 4, 4, 1, 2, "invconv_k2x2_c4_quad_f64_conv_cpu", &generated::invconv_k2x2_c4_quad_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c4_tl)
     {2, 1, 3, 3, 4, 0, 0, 0, "invconv_k3x3_c4_tl_f32_solve_cpu", &generated::invconv_k3x3_c4_tl_f32_solve_cpu},
     {2, 1, 3, 3, 4, 0, 0, 1, "invconv_k3x3_c4_tl_f32_transposed_cpu", &generated::invconv_k3x3_c4_tl_f32_transposed_cpu},
+    {2, 1, 3, 3, 4, 0, 0, 2, "invconv_k3x3_c4_tl_f32_conv_cpu", &generated::invconv_k3x3_c4_tl_f32_conv_cpu},
     {2, 1, 3, 3, 4, 0, 1, 0, "invconv_k3x3_c4_tl_f64_solve_cpu", &generated::invconv_k3x3_c4_tl_f64_solve_cpu},
     {2, 1, 3, 3, 4, 0, 1, 1, "invconv_k3x3_c4_tl_f64_transposed_cpu", &generated::invconv_k3x3_c4_tl_f64_transposed_cpu},
+    {2, 1, 3, 3, 4, 0, 1, 2, "invconv_k3x3_c4_tl_f64_conv_cpu", &generated::invconv_k3x3_c4_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c4_quad)
     {2, 1, 3, 3, 4, 4, 0, 0, "invconv_k3x3_c4_quad_f32_solve_cpu", &generated::invconv_k3x3_c4_quad_f32_solve_cpu},
     {2, 1, 3, 3, 4, 4, 0, 1, "invconv_k3x3_c4_quad_f32_transposed_cpu", &generated::invconv_k3x3_c4_quad_f32_transposed_cpu},
+    {2, 1, 3, 3, 4, 4, 0, 2, "invconv_k3x3_c4_quad_f32_conv_cpu", &generated::invconv_k3x3_c4_quad_f32_conv_cpu},
     {2, 1, 3, 3, 4, 4, 1, 0, "invconv_k3x3_c4_quad_f64_solve_cpu", &generated::invconv_k3x3_c4_quad_f64_solve_cpu},
     {2, 1, 3, 3, 4, 4, 1, 1, "invconv_k3x3_c4_quad_f64_transposed_cpu", &generated::invconv_k3x3_c4_quad_f64_transposed_cpu},
+    {2, 1, 3, 3, 4, 4, 1, 2, "invconv_k3x3_c4_quad_f64_conv_cpu", &generated::invconv_k3x3_c4_quad_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c8_tl)
     {2, 1, 2, 2, 8, 0, 0, 0, "invconv_k2x2_c8_tl_f32_solve_cpu", &generated::invconv_k2x2_c8_tl_f32_solve_cpu},
     {2, 1, 2, 2, 8, 0, 0, 1, "invconv_k2x2_c8_tl_f32_transposed_cpu", &generated::invconv_k2x2_c8_tl_f32_transposed_cpu},
+    {2, 1, 2, 2, 8, 0, 0, 2, "invconv_k2x2_c8_tl_f32_conv_cpu", &generated::invconv_k2x2_c8_tl_f32_conv_cpu},
     {2, 1, 2, 2, 8, 0, 1, 0, "invconv_k2x2_c8_tl_f64_solve_cpu", &generated::invconv_k2x2_c8_tl_f64_solve_cpu},
     {2, 1, 2, 2, 8, 0, 1, 1, "invconv_k2x2_c8_tl_f64_transposed_cpu", &generated::invconv_k2x2_c8_tl_f64_transposed_cpu},
+    {2, 1, 2, 2, 8, 0, 1, 2, "invconv_k2x2_c8_tl_f64_conv_cpu", &generated::invconv_k2x2_c8_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c8_quad)
     {2, 1, 2, 2, 8, 4, 0, 0, "invconv_k2x2_c8_quad_f32_solve_cpu", &generated::invconv_k2x2_c8_quad_f32_solve_cpu},
     {2, 1, 2, 2, 8, 4, 0, 1, "invconv_k2x2_c8_quad_f32_transposed_cpu", &generated::invconv_k2x2_c8_quad_f32_transposed_cpu},
+    {2, 1, 2, 2, 8, 4, 0, 2, "invconv_k2x2_c8_quad_f32_conv_cpu", &generated::invconv_k2x2_c8_quad_f32_conv_cpu},
     {2, 1, 2, 2, 8, 4, 1, 0, "invconv_k2x2_c8_quad_f64_solve_cpu", &generated::invconv_k2x2_c8_quad_f64_solve_cpu},
     {2, 1, 2, 2, 8, 4, 1, 1, "invconv_k2x2_c8_quad_f64_transposed_cpu", &generated::invconv_k2x2_c8_quad_f64_transposed_cpu},
+    {2, 1, 2, 2, 8, 4, 1, 2, "invconv_k2x2_c8_quad_f64_conv_cpu", &generated::invconv_k2x2_c8_quad_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c8_tl)
     {2, 1, 3, 3, 8, 0, 0, 0, "invconv_k3x3_c8_tl_f32_solve_cpu", &generated::invconv_k3x3_c8_tl_f32_solve_cpu},
     {2, 1, 3, 3, 8, 0, 0, 1, "invconv_k3x3_c8_tl_f32_transposed_cpu", &generated::invconv_k3x3_c8_tl_f32_transposed_cpu},
+    {2, 1, 3, 3, 8, 0, 0, 2, "invconv_k3x3_c8_tl_f32_conv_cpu", &generated::invconv_k3x3_c8_tl_f32_conv_cpu},
     {2, 1, 3, 3, 8, 0, 1, 0, "invconv_k3x3_c8_tl_f64_solve_cpu", &generated::invconv_k3x3_c8_tl_f64_solve_cpu},
     {2, 1, 3, 3, 8, 0, 1, 1, "invconv_k3x3_c8_tl_f64_transposed_cpu", &generated::invconv_k3x3_c8_tl_f64_transposed_cpu},
+    {2, 1, 3, 3, 8, 0, 1, 2, "invconv_k3x3_c8_tl_f64_conv_cpu", &generated::invconv_k3x3_c8_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c8_quad)
     {2, 1, 3, 3, 8, 4, 0, 0, "invconv_k3x3_c8_quad_f32_solve_cpu", &generated::invconv_k3x3_c8_quad_f32_solve_cpu},
     {2, 1, 3, 3, 8, 4, 0, 1, "invconv_k3x3_c8_quad_f32_transposed_cpu", &generated::invconv_k3x3_c8_quad_f32_transposed_cpu},
+    {2, 1, 3, 3, 8, 4, 0, 2, "invconv_k3x3_c8_quad_f32_conv_cpu", &generated::invconv_k3x3_c8_quad_f32_conv_cpu},
     {2, 1, 3, 3, 8, 4, 1, 0, "invconv_k3x3_c8_quad_f64_solve_cpu", &generated::invconv_k3x3_c8_quad_f64_solve_cpu},
     {2, 1, 3, 3, 8, 4, 1, 1, "invconv_k3x3_c8_quad_f64_transposed_cpu", &generated::invconv_k3x3_c8_quad_f64_transposed_cpu},
+    {2, 1, 3, 3, 8, 4, 1, 2, "invconv_k3x3_c8_quad_f64_conv_cpu", &generated::invconv_k3x3_c8_quad_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c12_tl)
     {2, 1, 2, 2, 12, 0, 0, 0, "invconv_k2x2_c12_tl_f32_solve_cpu", &generated::invconv_k2x2_c12_tl_f32_solve_cpu},
     {2, 1, 2, 2, 12, 0, 0, 1, "invconv_k2x2_c12_tl_f32_transposed_cpu", &generated::invconv_k2x2_c12_tl_f32_transposed_cpu},
+    {2, 1, 2, 2, 12, 0, 0, 2, "invconv_k2x2_c12_tl_f32_conv_cpu", &generated::invconv_k2x2_c12_tl_f32_conv_cpu},
     {2, 1, 2, 2, 12, 0, 1, 0, "invconv_k2x2_c12_tl_f64_solve_cpu", &generated::invconv_k2x2_c12_tl_f64_solve_cpu},
     {2, 1, 2, 2, 12, 0, 1, 1, "invconv_k2x2_c12_tl_f64_transposed_cpu", &generated::invconv_k2x2_c12_tl_f64_transposed_cpu},
+    {2, 1, 2, 2, 12, 0, 1, 2, "invconv_k2x2_c12_tl_f64_conv_cpu", &generated::invconv_k2x2_c12_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c12_quad)
     {2, 1, 2, 2, 12, 4, 0, 0, "invconv_k2x2_c12_quad_f32_solve_cpu", &generated::invconv_k2x2_c12_quad_f32_solve_cpu},
     {2, 1, 2, 2, 12, 4, 0, 1, "invconv_k2x2_c12_quad_f32_transposed_cpu", &generated::invconv_k2x2_c12_quad_f32_transposed_cpu},
+    {2, 1, 2, 2, 12, 4, 0, 2, "invconv_k2x2_c12_quad_f32_conv_cpu", &generated::invconv_k2x2_c12_quad_f32_conv_cpu},
     {2, 1, 2, 2, 12, 4, 1, 0, "invconv_k2x2_c12_quad_f64_solve_cpu", &generated::invconv_k2x2_c12_quad_f64_solve_cpu},
     {2, 1, 2, 2, 12, 4, 1, 1, "invconv_k2x2_c12_quad_f64_transposed_cpu", &generated::invconv_k2x2_c12_quad_f64_transposed_cpu},
+    {2, 1, 2, 2, 12, 4, 1, 2, "invconv_k2x2_c12_quad_f64_conv_cpu", &generated::invconv_k2x2_c12_quad_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c12_tl)
     {2, 1, 3, 3, 12, 0, 0, 0, "invconv_k3x3_c12_tl_f32_solve_cpu", &generated::invconv_k3x3_c12_tl_f32_solve_cpu},
     {2, 1, 3, 3, 12, 0, 0, 1, "invconv_k3x3_c12_tl_f32_transposed_cpu", &generated::invconv_k3x3_c12_tl_f32_transposed_cpu},
+    {2, 1, 3, 3, 12, 0, 0, 2, "invconv_k3x3_c12_tl_f32_conv_cpu", &generated::invconv_k3x3_c12_tl_f32_conv_cpu},
     {2, 1, 3, 3, 12, 0, 1, 0, "invconv_k3x3_c12_tl_f64_solve_cpu", &generated::invconv_k3x3_c12_tl_f64_solve_cpu},
     {2, 1, 3, 3, 12, 0, 1, 1, "invconv_k3x3_c12_tl_f64_transposed_cpu", &generated::invconv_k3x3_c12_tl_f64_transposed_cpu},
+    {2, 1, 3, 3, 12, 0, 1, 2, "invconv_k3x3_c12_tl_f64_conv_cpu", &generated::invconv_k3x3_c12_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c12_quad)
     {2, 1, 3, 3, 12, 4, 0, 0, "invconv_k3x3_c12_quad_f32_solve_cpu", &generated::invconv_k3x3_c12_quad_f32_solve_cpu},
     {2, 1, 3, 3, 12, 4, 0, 1, "invconv_k3x3_c12_quad_f32_transposed_cpu", &generated::invconv_k3x3_c12_quad_f32_transposed_cpu},
+    {2, 1, 3, 3, 12, 4, 0, 2, "invconv_k3x3_c12_quad_f32_conv_cpu", &generated::invconv_k3x3_c12_quad_f32_conv_cpu},
     {2, 1, 3, 3, 12, 4, 1, 0, "invconv_k3x3_c12_quad_f64_solve_cpu", &generated::invconv_k3x3_c12_quad_f64_solve_cpu},
     {2, 1, 3, 3, 12, 4, 1, 1, "invconv_k3x3_c12_quad_f64_transposed_cpu", &generated::invconv_k3x3_c12_quad_f64_transposed_cpu},
+    {2, 1, 3, 3, 12, 4, 1, 2, "invconv_k3x3_c12_quad_f64_conv_cpu", &generated::invconv_k3x3_c12_quad_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c24_tl)
     {2, 1, 2, 2, 24, 0, 0, 0, "invconv_k2x2_c24_tl_f32_solve_cpu", &generated::invconv_k2x2_c24_tl_f32_solve_cpu},
     {2, 1, 2, 2, 24, 0, 0, 1, "invconv_k2x2_c24_tl_f32_transposed_cpu", &generated::invconv_k2x2_c24_tl_f32_transposed_cpu},
+    {2, 1, 2, 2, 24, 0, 0, 2, "invconv_k2x2_c24_tl_f32_conv_cpu", &generated::invconv_k2x2_c24_tl_f32_conv_cpu},
     {2, 1, 2, 2, 24, 0, 1, 0, "invconv_k2x2_c24_tl_f64_solve_cpu", &generated::invconv_k2x2_c24_tl_f64_solve_cpu},
     {2, 1, 2, 2, 24, 0, 1, 1, "invconv_k2x2_c24_tl_f64_transposed_cpu", &generated::invconv_k2x2_c24_tl_f64_transposed_cpu},
+    {2, 1, 2, 2, 24, 0, 1, 2, "invconv_k2x2_c24_tl_f64_conv_cpu", &generated::invconv_k2x2_c24_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c24_quad)
     {2, 1, 2, 2, 24, 4, 0, 0, "invconv_k2x2_c24_quad_f32_solve_cpu", &generated::invconv_k2x2_c24_quad_f32_solve_cpu},
     {2, 1, 2, 2, 24, 4, 0, 1, "invconv_k2x2_c24_quad_f32_transposed_cpu", &generated::invconv_k2x2_c24_quad_f32_transposed_cpu},
+    {2, 1, 2, 2, 24, 4, 0, 2, "invconv_k2x2_c24_quad_f32_conv_cpu", &generated::invconv_k2x2_c24_quad_f32_conv_cpu},
     {2, 1, 2, 2, 24, 4, 1, 0, "invconv_k2x2_c24_quad_f64_solve_cpu", &generated::invconv_k2x2_c24_quad_f64_solve_cpu},
     {2, 1, 2, 2, 24, 4, 1, 1, "invconv_k2x2_c24_quad_f64_transposed_cpu", &generated::invconv_k2x2_c24_quad_f64_transposed_cpu},
+    {2, 1, 2, 2, 24, 4, 1, 2, "invconv_k2x2_c24_quad_f64_conv_cpu", &generated::invconv_k2x2_c24_quad_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c24_tl)
     {2, 1, 3, 3, 24, 0, 0, 0, "invconv_k3x3_c24_tl_f32_solve_cpu", &generated::invconv_k3x3_c24_tl_f32_solve_cpu},
     {2, 1, 3, 3, 24, 0, 0, 1, "invconv_k3x3_c24_tl_f32_transposed_cpu", &generated::invconv_k3x3_c24_tl_f32_transposed_cpu},
+    {2, 1, 3, 3, 24, 0, 0, 2, "invconv_k3x3_c24_tl_f32_conv_cpu", &generated::invconv_k3x3_c24_tl_f32_conv_cpu},
     {2, 1, 3, 3, 24, 0, 1, 0, "invconv_k3x3_c24_tl_f64_solve_cpu", &generated::invconv_k3x3_c24_tl_f64_solve_cpu},
     {2, 1, 3, 3, 24, 0, 1, 1, "invconv_k3x3_c24_tl_f64_transposed_cpu", &generated::invconv_k3x3_c24_tl_f64_transposed_cpu},
+    {2, 1, 3, 3, 24, 0, 1, 2, "invconv_k3x3_c24_tl_f64_conv_cpu", &generated::invconv_k3x3_c24_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c24_quad)
     {2, 1, 3, 3, 24, 4, 0, 0, "invconv_k3x3_c24_quad_f32_solve_cpu", &generated::invconv_k3x3_c24_quad_f32_solve_cpu},
     {2, 1, 3, 3, 24, 4, 0, 1, "invconv_k3x3_c24_quad_f32_transposed_cpu", &generated::invconv_k3x3_c24_quad_f32_transposed_cpu},
+    {2, 1, 3, 3, 24, 4, 0, 2, "invconv_k3x3_c24_quad_f32_conv_cpu", &generated::invconv_k3x3_c24_quad_f32_conv_cpu},
     {2, 1, 3, 3, 24, 4, 1, 0, "invconv_k3x3_c24_quad_f64_solve_cpu", &generated::invconv_k3x3_c24_quad_f64_solve_cpu},
     {2, 1, 3, 3, 24, 4, 1, 1, "invconv_k3x3_c24_quad_f64_transposed_cpu", &generated::invconv_k3x3_c24_quad_f64_transposed_cpu},
+    {2, 1, 3, 3, 24, 4, 1, 2, "invconv_k3x3_c24_quad_f64_conv_cpu", &generated::invconv_k3x3_c24_quad_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c48_tl)
     {2, 1, 2, 2, 48, 0, 0, 0, "invconv_k2x2_c48_tl_f32_solve_cpu", &generated::invconv_k2x2_c48_tl_f32_solve_cpu},
     {2, 1, 2, 2, 48, 0, 0, 1, "invconv_k2x2_c48_tl_f32_transposed_cpu", &generated::invconv_k2x2_c48_tl_f32_transposed_cpu},
+    {2, 1, 2, 2, 48, 0, 0, 2, "invconv_k2x2_c48_tl_f32_conv_cpu", &generated::invconv_k2x2_c48_tl_f32_conv_cpu},
     {2, 1, 2, 2, 48, 0, 1, 0, "invconv_k2x2_c48_tl_f64_solve_cpu", &generated::invconv_k2x2_c48_tl_f64_solve_cpu},
     {2, 1, 2, 2, 48, 0, 1, 1, "invconv_k2x2_c48_tl_f64_transposed_cpu", &generated::invconv_k2x2_c48_tl_f64_transposed_cpu},
+    {2, 1, 2, 2, 48, 0, 1, 2, "invconv_k2x2_c48_tl_f64_conv_cpu", &generated::invconv_k2x2_c48_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2_c48_quad)
     {2, 1, 2, 2, 48, 4, 0, 0, "invconv_k2x2_c48_quad_f32_solve_cpu", &generated::invconv_k2x2_c48_quad_f32_solve_cpu},
     {2, 1, 2, 2, 48, 4, 0, 1, "invconv_k2x2_c48_quad_f32_transposed_cpu", &generated::invconv_k2x2_c48_quad_f32_transposed_cpu},
+    {2, 1, 2, 2, 48, 4, 0, 2, "invconv_k2x2_c48_quad_f32_conv_cpu", &generated::invconv_k2x2_c48_quad_f32_conv_cpu},
     {2, 1, 2, 2, 48, 4, 1, 0, "invconv_k2x2_c48_quad_f64_solve_cpu", &generated::invconv_k2x2_c48_quad_f64_solve_cpu},
     {2, 1, 2, 2, 48, 4, 1, 1, "invconv_k2x2_c48_quad_f64_transposed_cpu", &generated::invconv_k2x2_c48_quad_f64_transposed_cpu},
+    {2, 1, 2, 2, 48, 4, 1, 2, "invconv_k2x2_c48_quad_f64_conv_cpu", &generated::invconv_k2x2_c48_quad_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c48_tl)
     {2, 1, 3, 3, 48, 0, 0, 0, "invconv_k3x3_c48_tl_f32_solve_cpu", &generated::invconv_k3x3_c48_tl_f32_solve_cpu},
     {2, 1, 3, 3, 48, 0, 0, 1, "invconv_k3x3_c48_tl_f32_transposed_cpu", &generated::invconv_k3x3_c48_tl_f32_transposed_cpu},
+    {2, 1, 3, 3, 48, 0, 0, 2, "invconv_k3x3_c48_tl_f32_conv_cpu", &generated::invconv_k3x3_c48_tl_f32_conv_cpu},
     {2, 1, 3, 3, 48, 0, 1, 0, "invconv_k3x3_c48_tl_f64_solve_cpu", &generated::invconv_k3x3_c48_tl_f64_solve_cpu},
     {2, 1, 3, 3, 48, 0, 1, 1, "invconv_k3x3_c48_tl_f64_transposed_cpu", &generated::invconv_k3x3_c48_tl_f64_transposed_cpu},
+    {2, 1, 3, 3, 48, 0, 1, 2, "invconv_k3x3_c48_tl_f64_conv_cpu", &generated::invconv_k3x3_c48_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3_c48_quad)
     {2, 1, 3, 3, 48, 4, 0, 0, "invconv_k3x3_c48_quad_f32_solve_cpu", &generated::invconv_k3x3_c48_quad_f32_solve_cpu},
     {2, 1, 3, 3, 48, 4, 0, 1, "invconv_k3x3_c48_quad_f32_transposed_cpu", &generated::invconv_k3x3_c48_quad_f32_transposed_cpu},
+    {2, 1, 3, 3, 48, 4, 0, 2, "invconv_k3x3_c48_quad_f32_conv_cpu", &generated::invconv_k3x3_c48_quad_f32_conv_cpu},
     {2, 1, 3, 3, 48, 4, 1, 0, "invconv_k3x3_c48_quad_f64_solve_cpu", &generated::invconv_k3x3_c48_quad_f64_solve_cpu},
     {2, 1, 3, 3, 48, 4, 1, 1, "invconv_k3x3_c48_quad_f64_transposed_cpu", &generated::invconv_k3x3_c48_quad_f64_transposed_cpu},
+    {2, 1, 3, 3, 48, 4, 1, 2, "invconv_k3x3_c48_quad_f64_conv_cpu", &generated::invconv_k3x3_c48_quad_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k5x5_c4_tl)
     {2, 1, 5, 5, 4, 0, 0, 0, "invconv_k5x5_c4_tl_f32_solve_cpu", &generated::invconv_k5x5_c4_tl_f32_solve_cpu},
     {2, 1, 5, 5, 4, 0, 0, 1, "invconv_k5x5_c4_tl_f32_transposed_cpu", &generated::invconv_k5x5_c4_tl_f32_transposed_cpu},
+    {2, 1, 5, 5, 4, 0, 0, 2, "invconv_k5x5_c4_tl_f32_conv_cpu", &generated::invconv_k5x5_c4_tl_f32_conv_cpu},
     {2, 1, 5, 5, 4, 0, 1, 0, "invconv_k5x5_c4_tl_f64_solve_cpu", &generated::invconv_k5x5_c4_tl_f64_solve_cpu},
     {2, 1, 5, 5, 4, 0, 1, 1, "invconv_k5x5_c4_tl_f64_transposed_cpu", &generated::invconv_k5x5_c4_tl_f64_transposed_cpu},
+    {2, 1, 5, 5, 4, 0, 1, 2, "invconv_k5x5_c4_tl_f64_conv_cpu", &generated::invconv_k5x5_c4_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k5x5_c12_tl)
     {2, 1, 5, 5, 12, 0, 0, 0, "invconv_k5x5_c12_tl_f32_solve_cpu", &generated::invconv_k5x5_c12_tl_f32_solve_cpu},
     {2, 1, 5, 5, 12, 0, 0, 1, "invconv_k5x5_c12_tl_f32_transposed_cpu", &generated::invconv_k5x5_c12_tl_f32_transposed_cpu},
+    {2, 1, 5, 5, 12, 0, 0, 2, "invconv_k5x5_c12_tl_f32_conv_cpu", &generated::invconv_k5x5_c12_tl_f32_conv_cpu},
     {2, 1, 5, 5, 12, 0, 1, 0, "invconv_k5x5_c12_tl_f64_solve_cpu", &generated::invconv_k5x5_c12_tl_f64_solve_cpu},
     {2, 1, 5, 5, 12, 0, 1, 1, "invconv_k5x5_c12_tl_f64_transposed_cpu", &generated::invconv_k5x5_c12_tl_f64_transposed_cpu},
+    {2, 1, 5, 5, 12, 0, 1, 2, "invconv_k5x5_c12_tl_f64_conv_cpu", &generated::invconv_k5x5_c12_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k5x5_c12_quad)
     {2, 1, 5, 5, 12, 4, 0, 0, "invconv_k5x5_c12_quad_f32_solve_cpu", &generated::invconv_k5x5_c12_quad_f32_solve_cpu},
     {2, 1, 5, 5, 12, 4, 0, 1, "invconv_k5x5_c12_quad_f32_transposed_cpu", &generated::invconv_k5x5_c12_quad_f32_transposed_cpu},
+    {2, 1, 5, 5, 12, 4, 0, 2, "invconv_k5x5_c12_quad_f32_conv_cpu", &generated::invconv_k5x5_c12_quad_f32_conv_cpu},
     {2, 1, 5, 5, 12, 4, 1, 0, "invconv_k5x5_c12_quad_f64_solve_cpu", &generated::invconv_k5x5_c12_quad_f64_solve_cpu},
     {2, 1, 5, 5, 12, 4, 1, 1, "invconv_k5x5_c12_quad_f64_transposed_cpu", &generated::invconv_k5x5_c12_quad_f64_transposed_cpu},
+    {2, 1, 5, 5, 12, 4, 1, 2, "invconv_k5x5_c12_quad_f64_conv_cpu", &generated::invconv_k5x5_c12_quad_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k5x5_c48_tl)
     {2, 1, 5, 5, 48, 0, 0, 0, "invconv_k5x5_c48_tl_f32_solve_cpu", &generated::invconv_k5x5_c48_tl_f32_solve_cpu},
     {2, 1, 5, 5, 48, 0, 0, 1, "invconv_k5x5_c48_tl_f32_transposed_cpu", &generated::invconv_k5x5_c48_tl_f32_transposed_cpu},
+    {2, 1, 5, 5, 48, 0, 0, 2, "invconv_k5x5_c48_tl_f32_conv_cpu", &generated::invconv_k5x5_c48_tl_f32_conv_cpu},
     {2, 1, 5, 5, 48, 0, 1, 0, "invconv_k5x5_c48_tl_f64_solve_cpu", &generated::invconv_k5x5_c48_tl_f64_solve_cpu},
     {2, 1, 5, 5, 48, 0, 1, 1, "invconv_k5x5_c48_tl_f64_transposed_cpu", &generated::invconv_k5x5_c48_tl_f64_transposed_cpu},
+    {2, 1, 5, 5, 48, 0, 1, 2, "invconv_k5x5_c48_tl_f64_conv_cpu", &generated::invconv_k5x5_c48_tl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3_c8_l)
     {1, 1, 1, 3, 8, 0, 0, 0, "invconv_k3_c8_l_f32_solve_cpu", &generated::invconv_k3_c8_l_f32_solve_cpu},
     {1, 1, 1, 3, 8, 0, 0, 1, "invconv_k3_c8_l_f32_transposed_cpu", &generated::invconv_k3_c8_l_f32_transposed_cpu},
+    {1, 1, 1, 3, 8, 0, 0, 2, "invconv_k3_c8_l_f32_conv_cpu", &generated::invconv_k3_c8_l_f32_conv_cpu},
     {1, 1, 1, 3, 8, 0, 1, 0, "invconv_k3_c8_l_f64_solve_cpu", &generated::invconv_k3_c8_l_f64_solve_cpu},
     {1, 1, 1, 3, 8, 0, 1, 1, "invconv_k3_c8_l_f64_transposed_cpu", &generated::invconv_k3_c8_l_f64_transposed_cpu},
+    {1, 1, 1, 3, 8, 0, 1, 2, "invconv_k3_c8_l_f64_conv_cpu", &generated::invconv_k3_c8_l_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3_c8_pair)
     {1, 1, 1, 3, 8, 5, 0, 0, "invconv_k3_c8_pair_f32_solve_cpu", &generated::invconv_k3_c8_pair_f32_solve_cpu},
     {1, 1, 1, 3, 8, 5, 0, 1, "invconv_k3_c8_pair_f32_transposed_cpu", &generated::invconv_k3_c8_pair_f32_transposed_cpu},
+    {1, 1, 1, 3, 8, 5, 0, 2, "invconv_k3_c8_pair_f32_conv_cpu", &generated::invconv_k3_c8_pair_f32_conv_cpu},
     {1, 1, 1, 3, 8, 5, 1, 0, "invconv_k3_c8_pair_f64_solve_cpu", &generated::invconv_k3_c8_pair_f64_solve_cpu},
     {1, 1, 1, 3, 8, 5, 1, 1, "invconv_k3_c8_pair_f64_transposed_cpu", &generated::invconv_k3_c8_pair_f64_transposed_cpu},
+    {1, 1, 1, 3, 8, 5, 1, 2, "invconv_k3_c8_pair_f64_conv_cpu", &generated::invconv_k3_c8_pair_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k5_c16_l)
     {1, 1, 1, 5, 16, 0, 0, 0, "invconv_k5_c16_l_f32_solve_cpu", &generated::invconv_k5_c16_l_f32_solve_cpu},
     {1, 1, 1, 5, 16, 0, 0, 1, "invconv_k5_c16_l_f32_transposed_cpu", &generated::invconv_k5_c16_l_f32_transposed_cpu},
+    {1, 1, 1, 5, 16, 0, 0, 2, "invconv_k5_c16_l_f32_conv_cpu", &generated::invconv_k5_c16_l_f32_conv_cpu},
     {1, 1, 1, 5, 16, 0, 1, 0, "invconv_k5_c16_l_f64_solve_cpu", &generated::invconv_k5_c16_l_f64_solve_cpu},
     {1, 1, 1, 5, 16, 0, 1, 1, "invconv_k5_c16_l_f64_transposed_cpu", &generated::invconv_k5_c16_l_f64_transposed_cpu},
+    {1, 1, 1, 5, 16, 0, 1, 2, "invconv_k5_c16_l_f64_conv_cpu", &generated::invconv_k5_c16_l_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3x3_c4_ntl)
     {3, 3, 3, 3, 4, 0, 0, 0, "invconv_k3x3x3_c4_ntl_f32_solve_cpu", &generated::invconv_k3x3x3_c4_ntl_f32_solve_cpu},
     {3, 3, 3, 3, 4, 0, 0, 1, "invconv_k3x3x3_c4_ntl_f32_transposed_cpu", &generated::invconv_k3x3x3_c4_ntl_f32_transposed_cpu},
+    {3, 3, 3, 3, 4, 0, 0, 2, "invconv_k3x3x3_c4_ntl_f32_conv_cpu", &generated::invconv_k3x3x3_c4_ntl_f32_conv_cpu},
     {3, 3, 3, 3, 4, 0, 1, 0, "invconv_k3x3x3_c4_ntl_f64_solve_cpu", &generated::invconv_k3x3x3_c4_ntl_f64_solve_cpu},
     {3, 3, 3, 3, 4, 0, 1, 1, "invconv_k3x3x3_c4_ntl_f64_transposed_cpu", &generated::invconv_k3x3x3_c4_ntl_f64_transposed_cpu},
+    {3, 3, 3, 3, 4, 0, 1, 2, "invconv_k3x3x3_c4_ntl_f64_conv_cpu", &generated::invconv_k3x3x3_c4_ntl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k3x3x3_c8_ntl)
     {3, 3, 3, 3, 8, 0, 0, 0, "invconv_k3x3x3_c8_ntl_f32_solve_cpu", &generated::invconv_k3x3x3_c8_ntl_f32_solve_cpu},
     {3, 3, 3, 3, 8, 0, 0, 1, "invconv_k3x3x3_c8_ntl_f32_transposed_cpu", &generated::invconv_k3x3x3_c8_ntl_f32_transposed_cpu},
+    {3, 3, 3, 3, 8, 0, 0, 2, "invconv_k3x3x3_c8_ntl_f32_conv_cpu", &generated::invconv_k3x3x3_c8_ntl_f32_conv_cpu},
     {3, 3, 3, 3, 8, 0, 1, 0, "invconv_k3x3x3_c8_ntl_f64_solve_cpu", &generated::invconv_k3x3x3_c8_ntl_f64_solve_cpu},
     {3, 3, 3, 3, 8, 0, 1, 1, "invconv_k3x3x3_c8_ntl_f64_transposed_cpu", &generated::invconv_k3x3x3_c8_ntl_f64_transposed_cpu},
+    {3, 3, 3, 3, 8, 0, 1, 2, "invconv_k3x3x3_c8_ntl_f64_conv_cpu", &generated::invconv_k3x3x3_c8_ntl_f64_conv_cpu},
 #endif
 #if defined(IFLOW_HAS_invconv_k2x2x2_c8_oct)
     {3, 2, 2, 2, 8, 6, 0, 0, "invconv_k2x2x2_c8_oct_f32_solve_cpu", &generated::invconv_k2x2x2_c8_oct_f32_solve_cpu},
     {3, 2, 2, 2, 8, 6, 0, 1, "invconv_k2x2x2_c8_oct_f32_transposed_cpu", &generated::invconv_k2x2x2_c8_oct_f32_transposed_cpu},
+    {3, 2, 2, 2, 8, 6, 0, 2, "invconv_k2x2x2_c8_oct_f32_conv_cpu", &generated::invconv_k2x2x2_c8_oct_f32_conv_cpu},
     {3, 2, 2, 2, 8, 6, 1, 0, "invconv_k2x2x2_c8_oct_f64_solve_cpu", &generated::invconv_k2x2x2_c8_oct_f64_solve_cpu},
     {3, 2, 2, 2, 8, 6, 1, 1, "invconv_k2x2x2_c8_oct_f64_transposed_cpu", &generated::invconv_k2x2x2_c8_oct_f64_transposed_cpu},
+    {3, 2, 2, 2, 8, 6, 1, 2, "invconv_k2x2x2_c8_oct_f64_conv_cpu", &generated::invconv_k2x2x2_c8_oct_f64_conv_cpu},
 #endif
     {0, 0, 0, 0, 0, 0, 0, 0, nullptr, nullptr},  // sentinel: keeps the array non-empty
 };

@@ -86,8 +86,8 @@ def test_names_follow_the_axis_order():
     assert layer.filename("cuda") == "cuda/invconv_k2x3_c12_quad_cuda.cu"
     symbols = [s.symbol for s in layer.specs("cpu")]
     assert symbols == [f"invconv_k2x3_c12_quad_{d}_{r}_cpu"
-                       for d in ("f32", "f64") for r in ("solve", "transposed")]
-    assert len({s.key for s in layer.specs("cpu")}) == 4
+                       for d in ("f32", "f64") for r in ("solve", "transposed", "conv")]
+    assert len({s.key for s in layer.specs("cpu")}) == 6
 
 
 def test_every_generated_file_is_stamped_and_listed():

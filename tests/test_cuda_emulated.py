@@ -41,7 +41,10 @@ pytestmark = pytest.mark.skipif(
 ORDERS = ("TL", "TR", "BL", "BR", "quad")
 PATHS = ("shared_x", "global_x", "global_workspace")
 DTYPES = (torch.float32, torch.float64)
-DIRECTIONS = (_dispatch.SOLVE, _dispatch.TRANSPOSED)
+# The solve, its transpose, and the generated causal conv y = T x (DESIGN.md §15).
+DIRECTIONS = (_dispatch.SOLVE, _dispatch.TRANSPOSED, _dispatch.CONV)
+ORACLE = {_dispatch.SOLVE: oracle.inv_conv, _dispatch.TRANSPOSED: oracle.inv_conv_transposed,
+          _dispatch.CONV: oracle.causal_conv}
 GRID_SAMPLES = 2  # samples per grid on the fake device: batches above this stride
 
 # (batch, channels, height, width, kh, kw). The first four have generated specializations
@@ -215,8 +218,7 @@ def test_emulated_against_dense_oracle(emu, shape, path, rng):
             y, weight = _inputs(shape, order, torch.float64, rng)
             _force_path(emu, path, shape, order, torch.float64)
             x, name, _ = _emulated(emu, y, weight, order, direction)
-            solve = oracle.inv_conv_transposed if direction else oracle.inv_conv
-            err = oracle.rel_err(x, solve(y, weight, order))
+            err = oracle.rel_err(x, ORACLE[direction](y, weight, order))
             assert err <= 1e-10, f"{shape} {order} {path} direction={direction} ({name}): {err:.3e}"
 
 
@@ -263,7 +265,7 @@ def test_thread_sanitizer_finds_no_race():
     proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert "ThreadSanitizer" not in out and proc.returncode == 0, out[-8000:]
-    assert "0 of 84 cases wrong" in proc.stdout, proc.stdout[-4000:]
+    assert "0 of 126 cases wrong" in proc.stdout, proc.stdout[-4000:]
 
 
 # --- 1-D and 3-D: the same kernels with depth (and height) of 1 or more (docs/nd-design.md)
@@ -331,9 +333,12 @@ def test_nd_emulated_matches_cpu_and_oracle(emu, cpu_ref, shape, order, path, rn
             assert torch.equal(x, x_cpu), f"{what} ({name}): {_mismatch(x, x_cpu)}"
             if dtype == torch.float64:
                 dense = oracle_nd.dense(weight, order, shape[2])
-                matrix = dense if direction == _dispatch.SOLVE else dense.T
                 flat = y.reshape(y.shape[0], -1).T
-                ref = torch.linalg.solve(matrix, flat).T.reshape(y.shape)
+                if direction == _dispatch.CONV:
+                    ref = (dense @ flat).T.reshape(y.shape)
+                else:
+                    matrix = dense if direction == _dispatch.SOLVE else dense.T
+                    ref = torch.linalg.solve(matrix, flat).T.reshape(y.shape)
                 err = oracle.rel_err(x, ref)
                 assert err <= 1e-10, f"{what} ({name}) vs the dense oracle: {err:.3e}"
 

@@ -11,10 +11,18 @@
 #include "invconv/cuda_solve.cuh"
 
 // The one instantiation of the generic kernels, as in bind_cuda.cu.
-template void inverseflow::cuda::solve<float, 0, 0, 0, 0, false>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<float, 0, 0, 0, 0, true>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, 0, false>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, 0, true>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kSolve>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kTransposed>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kConv>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kSolve>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kTransposed>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kConv>(
+    const inverseflow::SolveArgs&);
 
 namespace {
 
@@ -23,8 +31,10 @@ using inverseflow::cuda::solve;
 using inverseflow::cuda::Path;
 
 const inverseflow::GenericTable kGeneric = {
-    {&solve<float, 0, 0, 0, 0, false>, &solve<float, 0, 0, 0, 0, true>},
-    {&solve<double, 0, 0, 0, 0, false>, &solve<double, 0, 0, 0, 0, true>},
+    {&solve<float, 0, 0, 0, 0, inverseflow::kSolve>, &solve<float, 0, 0, 0, 0, inverseflow::kTransposed>,
+     &solve<float, 0, 0, 0, 0, inverseflow::kConv>},
+    {&solve<double, 0, 0, 0, 0, inverseflow::kSolve>, &solve<double, 0, 0, 0, 0, inverseflow::kTransposed>,
+     &solve<double, 0, 0, 0, 0, inverseflow::kConv>},
 };
 
 const char* path_name(Path path) {

@@ -1,9 +1,10 @@
 // ThreadSanitizer check of the CUDA kernels (DESIGN.md §8): built by tests/cuda_emulation.py
 // with -fsanitize=thread together with the generated CUDA files it serves, run by
 // tests/test_cuda_emulated.py. Small cases of every path (shared x, global x, global fold
-// workspace), both directions and dtypes, specialized and generic kernels, with the emulated
-// threads running concurrently between barriers: a missing __syncthreads() is then a data
-// race that TSan reports (exit code 66). Results are also compared with the CPU kernel.
+// workspace), every direction (solve, transposed, conv) and both dtypes, specialized and
+// generic kernels, with the emulated threads running concurrently between barriers: a
+// missing __syncthreads() is then a data race that TSan reports (exit code 66). Results
+// are also compared with the CPU kernel.
 // Exit status: 0 clean, 1 a wrong result, 2 a failed launch, 66 a race (TSan's).
 // `tsan_check --self-test` instead runs a kernel with a deliberately missing barrier, so
 // the test can see that this build does report races.
@@ -19,10 +20,18 @@
 #include "invconv/cuda_solve.cuh"  // the emulated launcher (-I csrc/emu first)
 #include "invconv/registry.h"
 
-template void inverseflow::cuda::solve<float, 0, 0, 0, 0, false>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<float, 0, 0, 0, 0, true>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, 0, false>(const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, 0, true>(const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kSolve>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kTransposed>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kConv>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kSolve>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kTransposed>(
+    const inverseflow::SolveArgs&);
+template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kConv>(
+    const inverseflow::SolveArgs&);
 
 namespace {
 
@@ -72,7 +81,7 @@ SolveFn lookup(const Case& c, int dtype, int direction, SolveFn generic, std::st
   return generic;
 }
 
-template <typename T, bool Tr>
+template <typename T, int Dir>
 bool run(const Case& c, int path, std::mt19937_64& rng) {
   const int G = num_groups(c.pattern);
   const size_t n = size_t(c.batch) * c.channels * c.depth * c.height * c.width;
@@ -85,7 +94,7 @@ bool run(const Case& c, int path, std::mt19937_64& rng) {
 
   SolveArgs args{y.data(), w.data(), x_cpu.data(), c.batch, c.channels, c.depth, c.height,
                  c.width, c.kd, c.kh, c.kw, c.pattern, 1, nullptr};
-  cpu::solve<T, 0, 0, 0, 0, Tr>(args);
+  cpu::solve<T, 0, 0, 0, 0, Dir>(args);
 
   auto& dev = emu::fake_device();
   dev.limits = limits_for(c, path, int(sizeof(T)));
@@ -93,8 +102,8 @@ bool run(const Case& c, int path, std::mt19937_64& rng) {
   dev.launches.clear();
   args.x = x_emu.data();
   std::string name;
-  lookup(c, sizeof(T) == 4 ? kFloat32 : kFloat64, Tr ? kTransposed : kSolve,
-         &cuda::solve<T, 0, 0, 0, 0, Tr>, &name)(args);
+  lookup(c, sizeof(T) == 4 ? kFloat32 : kFloat64, Dir, &cuda::solve<T, 0, 0, 0, 0, Dir>,
+         &name)(args);
 
   const bool right_path = !dev.launches.empty() && int(dev.launches.back().path) == path;
   double diff = 0, peak = 0;
@@ -111,7 +120,8 @@ bool run(const Case& c, int path, std::mt19937_64& rng) {
               "%zu/%zu bit-equal%s\n",
               ok ? "ok  " : "FAIL", c.batch, c.channels, c.depth, c.height, c.width, c.kd,
               c.kh, c.kw,
-              c.pattern, sizeof(T) == 4 ? "f32" : "f64", Tr ? "transposed" : "solve",
+              c.pattern, sizeof(T) == 4 ? "f32" : "f64",
+              Dir == kConv ? "conv" : Dir == kTransposed ? "transposed" : "solve",
               kPathNames[path], name.c_str(), rel, exact, n,
               right_path ? "" : " (launched on another path)");
   return ok;
@@ -138,11 +148,13 @@ int main(int argc, char** argv) {
   try {
     for (const Case& c : kCases) {
       for (int path = 0; path < 3; ++path) {
-        failures += !run<float, false>(c, path, rng);
-        failures += !run<float, true>(c, path, rng);
-        failures += !run<double, false>(c, path, rng);
-        failures += !run<double, true>(c, path, rng);
-        cases += 4;
+        failures += !run<float, kSolve>(c, path, rng);
+        failures += !run<float, kTransposed>(c, path, rng);
+        failures += !run<float, kConv>(c, path, rng);
+        failures += !run<double, kSolve>(c, path, rng);
+        failures += !run<double, kTransposed>(c, path, rng);
+        failures += !run<double, kConv>(c, path, rng);
+        cases += 6;
       }
     }
   } catch (const std::exception& e) {

@@ -15,7 +15,7 @@ namespace inverseflow {
 namespace py = pybind11;
 
 // generic[dtype][direction]: the runtime-shape kernel of the backend.
-using GenericTable = SolveFn[2][2];
+using GenericTable = SolveFn[2][kNumDirections];
 
 inline const SpecEntry* find_specialization(int kd, int kh, int kw, int64_t channels,
                                             int pattern, int dtype, int direction) {
@@ -36,8 +36,8 @@ inline void define_common(py::module_& m, const GenericTable& generic) {
                  int kh, int kw, int pattern, int dtype, int direction, int num_threads,
                  std::uintptr_t stream, bool force_generic) -> std::string {
         if (dtype < 0 || dtype > 1) throw py::value_error("dtype code must be 0 or 1");
-        if (direction < 0 || direction > 1)
-          throw py::value_error("direction code must be 0 or 1");
+        if (direction < 0 || direction >= kNumDirections)
+          throw py::value_error("direction code must be 0 (solve), 1 (transposed) or 2 (conv)");
         if (pattern < kTL || pattern >= kNumPatterns)
           throw py::value_error("unknown pattern code");
         if (kd < 1 || kh < 1 || kw < 1) throw py::value_error("kernel size must be positive");
@@ -65,7 +65,8 @@ inline void define_common(py::module_& m, const GenericTable& generic) {
       py::arg("kw"), py::arg("pattern"),
       py::arg("dtype"), py::arg("direction"), py::arg("num_threads"), py::arg("stream"),
       py::arg("force_generic") = false,
-      "Solve into x. Returns the name of the kernel that ran ('generic' for the fallback).");
+      "Solve into x (or, with direction 2, convolve: x = T y). Returns the name of the kernel "
+      "that ran ('generic' for the fallback).");
 
   m.def("specializations", []() {
     py::list out;

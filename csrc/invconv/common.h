@@ -27,7 +27,9 @@ enum Pattern : int {
   kNumPatterns = 11
 };
 enum DType : int { kFloat32 = 0, kFloat64 = 1 };
-enum Direction : int { kSolve = 0, kTransposed = 1 };
+// kConv is the causal convolution itself, y = T x (the sampling pass): the solve's loops
+// and data layout without the recurrence (DESIGN.md §15).
+enum Direction : int { kSolve = 0, kTransposed = 1, kConv = 2, kNumDirections = 3 };
 
 // Everything a solve needs, type-erased so that one function-pointer type serves every
 // specialization. Tensors are contiguous NCDHW; weight is (C, C/G, kd, kh, kw).
@@ -128,6 +130,30 @@ IFLOW_HD void fold_group_weights(const T* weight_group, int cg, int kd, int kh, 
       }
     }
   }
+}
+
+// Weights of the causal convolution y = T x for one group, in the layout of
+// fold_group_weights: conv[center] = L (the masked center, unit lower triangular) and
+// conv[t] = −A_t off the center, negated so that the kernels' `acc -= w·x` adds the tap.
+// conv_tap is one entry [t][c][c'], so that a GPU block can fill its copy in parallel.
+template <typename T>
+IFLOW_HD T conv_tap(const T* weight_group, int cg, int kd, int kh, int kw, int corner, int t,
+                    int c, int cp) {
+  const int center = kd * kh * kw - 1;
+  const int e = t / (kh * kw), a = (t / kw) % kh, b = t % kw;
+  const int64_t tap = (int64_t(tap_depth(corner, e, kd)) * kh + tap_row(corner, a, kh)) * kw +
+                      tap_col(corner, b, kw);
+  const T w = weight_group[(int64_t(c) * cg + cp) * kd * kh * kw + tap];
+  return t != center ? -w : c == cp ? T(1) : c > cp ? w : T(0);
+}
+
+template <typename T>
+IFLOW_HD void conv_group_weights(const T* weight_group, int cg, int kd, int kh, int kw,
+                                 int corner, T* conv) {
+  for (int t = 0; t < kd * kh * kw; ++t)
+    for (int c = 0; c < cg; ++c)
+      for (int cp = 0; cp < cg; ++cp)
+        conv[(int64_t(t) * cg + c) * cg + cp] = conv_tap(weight_group, cg, kd, kh, kw, corner, t, c, cp);
 }
 
 }  // namespace inverseflow

@@ -75,10 +75,13 @@ struct BlockLayout {
 };
 
 // Solves one packed block in place. On entry the interior of `buf` holds y (top-left
-// form) and its border is zero; on exit the interior holds x.
-template <typename T, int Lanes, int CG, int KD, int KH, int KW, bool Transposed>
+// form) and its border is zero; on exit the interior holds x. With Dir = kConv it computes
+// y = T x instead: the same loops in reverse raster order (a voxel reads only earlier ones,
+// which still hold x) and no dependent chain.
+template <typename T, int Lanes, int CG, int KD, int KH, int KW, int Dir>
 void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const BlockLayout& g) {
   using V = typename Vec<T, Lanes>::type;
+  constexpr bool Transposed = Dir == kTransposed, kReverse = Dir == kConv;
   constexpr bool kStatic = CG > 0 && KD > 0 && KH > 0 && KW > 0;
   const int cg = kStatic ? CG : g.cg;
   const int kd = kStatic ? KD : g.kd;
@@ -91,9 +94,12 @@ void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Bloc
   const int chunk = kStatic ? kChunk : cg;
   std::vector<V> heap_acc(kStatic ? 0 : cg);
 
-  for (int64_t d = 0; d < g.depth; ++d) {
-  for (int64_t h = 0; h < g.height; ++h) {
-    for (int64_t w = 0; w < g.width; ++w) {
+  for (int64_t di = 0; di < g.depth; ++di) {
+  const int64_t d = kReverse ? g.depth - 1 - di : di;
+  for (int64_t hi = 0; hi < g.height; ++hi) {
+    const int64_t h = kReverse ? g.height - 1 - hi : hi;
+    for (int64_t wi = 0; wi < g.width; ++wi) {
+      const int64_t w = kReverse ? g.width - 1 - wi : wi;
       V* out = buf + ((d + kd - 1) * plane + (h + kh - 1) * pw + (w + kw - 1)) * cg;
       // With several chunks, later chunks still read y from `out`, so results wait in
       // `staged` until every chunk is done.
@@ -248,10 +254,11 @@ void unpack_block(const typename Vec<T, Lanes>::type* buf, int nb, const BlockLa
       }
 }
 
-template <typename T, int Lanes, int CG, int KD, int KH, int KW, bool Transposed>
+template <typename T, int Lanes, int CG, int KD, int KH, int KW, int Dir>
 void solve_block(const SolveArgs& args, const T* folded_all, int64_t b0, int nb, int group,
                  std::vector<typename Vec<T, Lanes>::type>& buf) {
   using V = typename Vec<T, Lanes>::type;
+  constexpr bool Transposed = Dir == kTransposed;
   const int G = num_groups(args.pattern);
   const int cg = int(args.channels / G);
   const int kd = args.kd, kh = args.kh, kw = args.kw;
@@ -270,13 +277,13 @@ void solve_block(const SolveArgs& args, const T* folded_all, int64_t b0, int nb,
                            flips_depth(corner, Transposed), flips_rows(corner, Transposed),
                            flips_cols(corner, Transposed)};
   pack_block<T, Lanes>(y, nb, layout, buf.data());
-  solve_packed<T, Lanes, CG, KD, KH, KW, Transposed>(
+  solve_packed<T, Lanes, CG, KD, KH, KW, Dir>(
       buf.data(), folded_all + int64_t(group) * kd * kh * kw * cg * cg, layout);
   unpack_block<T, Lanes>(buf.data(), nb, layout, x);
 }
 
 // Entry point for one specialization (or, with zeros, the generic kernel).
-template <typename T, int CG, int KD, int KH, int KW, bool Transposed>
+template <typename T, int CG, int KD, int KH, int KW, int Dir>
 void solve(const SolveArgs& args) {
   const int G = num_groups(args.pattern);
   const int cg = int(args.channels / G);
@@ -289,10 +296,15 @@ void solve(const SolveArgs& args) {
   std::vector<T> folded(size_t(G * taps * cg * cg));
   std::vector<T> linv(size_t(cg * cg));
   const T* weight = static_cast<const T*>(args.weight);
-  for (int g = 0; g < G; ++g)
-    fold_group_weights<T>(weight + int64_t(g) * cg * cg * taps, cg, kd, kh, kw,
-                          group_corner(args.pattern, g), Transposed,
-                          folded.data() + g * taps * cg * cg, linv.data());
+  for (int g = 0; g < G; ++g) {
+    const T* wg = weight + int64_t(g) * cg * cg * taps;
+    T* fg = folded.data() + g * taps * cg * cg;
+    if constexpr (Dir == kConv)
+      conv_group_weights<T>(wg, cg, kd, kh, kw, group_corner(args.pattern, g), fg);
+    else
+      fold_group_weights<T>(wg, cg, kd, kh, kw, group_corner(args.pattern, g),
+                            Dir == kTransposed, fg, linv.data());
+  }
 
   constexpr int L = kWideLanes<T>;
   // Samples go in full-width blocks; a short tail runs one sample at a time unless it
@@ -317,10 +329,10 @@ void solve(const SolveArgs& args) {
       if (block < wide_blocks) {
         const int64_t b0 = block * L;
         const int nb = int(std::min<int64_t>(L, args.batch - b0));
-        solve_block<T, L, CG, KD, KH, KW, Transposed>(args, fp, b0, nb, group, wide_buf);
+        solve_block<T, L, CG, KD, KH, KW, Dir>(args, fp, b0, nb, group, wide_buf);
       } else {
         const int64_t b0 = full * L + (block - wide_blocks);
-        solve_block<T, 1, CG, KD, KH, KW, Transposed>(args, fp, b0, 1, group, narrow_buf);
+        solve_block<T, 1, CG, KD, KH, KW, Dir>(args, fp, b0, 1, group, narrow_buf);
       }
     }
   }

@@ -71,11 +71,11 @@ inline DeviceLimits device_limits(int device) {
   return cache.emplace(device, lim).first->second;
 }
 
-template <typename T, int CG, int KD, int KH, int KW, bool Tr, bool XShared>
+template <typename T, int CG, int KD, int KH, int KW, int Dir, bool XShared>
 void launch(const Params<T>& p, const LaunchPlan& plan, cudaStream_t stream, T* ws_to_free) {
   const int64_t smem = plan.smem_bytes;
-  const std::string name = kernel_name<T, CG, KD, KH, KW, Tr, XShared>();
-  auto kernel = &solve_kernel<T, CG, KD, KH, KW, Tr, XShared>;
+  const std::string name = kernel_name<T, CG, KD, KH, KW, Dir, XShared>();
+  auto kernel = &solve_kernel<T, CG, KD, KH, KW, Dir, XShared>;
   cudaError_t err = cudaSuccess;
   const char* what = "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)";
   if (smem > 48 * 1024)  // beyond the default, every kernel must opt in explicitly
@@ -94,7 +94,7 @@ void launch(const Params<T>& p, const LaunchPlan& plan, cudaStream_t stream, T* 
 
 }  // namespace detail
 
-template <typename T, int CG, int KD, int KH, int KW, bool Transposed>
+template <typename T, int CG, int KD, int KH, int KW, int Dir>
 void solve(const SolveArgs& args) {
   using namespace detail;
   if (is_empty(args)) return;
@@ -105,28 +105,30 @@ void solve(const SolveArgs& args) {
   const auto stream = static_cast<cudaStream_t>(args.stream);
 
   if (plan.path == Path::kSharedX) {
-    launch<T, CG, KD, KH, KW, Transposed, true>(base, plan, stream, nullptr);
+    launch<T, CG, KD, KH, KW, Dir, true>(base, plan, stream, nullptr);
   } else if constexpr (CG > 0 || KD > 0 || KH > 0 || KW > 0) {
     // Too big to stage: the generic kernel's fallback is as fast, and compiled once.
-    solve<T, 0, 0, 0, 0, Transposed>(args);
+    solve<T, 0, 0, 0, 0, Dir>(args);
   } else if (plan.path == Path::kGlobalX) {
-    launch<T, 0, 0, 0, 0, Transposed, false>(base, plan, stream, nullptr);
+    launch<T, 0, 0, 0, 0, Dir, false>(base, plan, stream, nullptr);
   } else {
     Params<T> p = base;
     void* ws = nullptr;
     throw_if(cudaMallocAsync(&ws, size_t(plan.workspace_bytes), stream),
              "cudaMallocAsync of the fold workspace",
-             kernel_name<T, 0, 0, 0, 0, Transposed, false>());
+             kernel_name<T, 0, 0, 0, 0, Dir, false>());
     p.ws = static_cast<T*>(ws);
-    launch<T, 0, 0, 0, 0, Transposed, false>(p, plan, stream, p.ws);
+    launch<T, 0, 0, 0, 0, Dir, false>(p, plan, stream, p.ws);
   }
 }
 
 // The generic kernels are instantiated once, in bind_cuda.cu; the generated files, whose
 // too-large shapes delegate to them, must not compile them again.
-extern template void solve<float, 0, 0, 0, 0, false>(const SolveArgs&);
-extern template void solve<float, 0, 0, 0, 0, true>(const SolveArgs&);
-extern template void solve<double, 0, 0, 0, 0, false>(const SolveArgs&);
-extern template void solve<double, 0, 0, 0, 0, true>(const SolveArgs&);
+extern template void solve<float, 0, 0, 0, 0, kSolve>(const SolveArgs&);
+extern template void solve<float, 0, 0, 0, 0, kTransposed>(const SolveArgs&);
+extern template void solve<float, 0, 0, 0, 0, kConv>(const SolveArgs&);
+extern template void solve<double, 0, 0, 0, 0, kSolve>(const SolveArgs&);
+extern template void solve<double, 0, 0, 0, 0, kTransposed>(const SolveArgs&);
+extern template void solve<double, 0, 0, 0, 0, kConv>(const SolveArgs&);
 
 }  // namespace inverseflow::cuda

@@ -9,6 +9,8 @@
 // in the output x in global memory (bounds checks instead of a border), with the folded
 // weights in shared memory or, if even they do not fit, in a per-block global workspace.
 // Template sizes of 0 mean "given at run time"; CG = KD = KH = KW = 0 is the generic kernel.
+// Dir = kConv computes the causal convolution y = T x instead (the sampling pass): every
+// voxel at once from the staged input, with no walk and no barrier after staging.
 //
 // Kept apart from the launcher (cuda_solve.cuh, with its <<<...>>> and CUDA runtime calls)
 // so that the CPU emulation (DESIGN.md §8, csrc/emu/) compiles these very bodies as host
@@ -120,8 +122,9 @@ __device__ __forceinline__ void apply_center(const T* src, T* dst, S stride, con
   }
 }
 
-template <typename T, int CG, int KD, int KH, int KW, bool Tr, bool XShared>
+template <typename T, int CG, int KD, int KH, int KW, int Dir, bool XShared>
 __global__ void __launch_bounds__(kMaxThreads) solve_kernel(const Params<T> p) {
+  constexpr bool Tr = Dir == kTransposed, kConvolve = Dir == kConv;
   const int cg = CG > 0 ? CG : p.cg;
   const int kd = KD > 0 ? KD : p.kd;
   const int kh = KH > 0 ? KH : p.kh;
@@ -138,7 +141,16 @@ __global__ void __launch_bounds__(kMaxThreads) solve_kernel(const Params<T> p) {
   T* smem = reinterpret_cast<T*>(smem_raw);
   // XShared is a constant, so the fast path's weight loads are plain ld.shared.
   T* fw = (XShared || p.ws == nullptr) ? smem : p.ws + int64_t(blockIdx.x) * (taps + 1) * cc;
-  fold<T, Tr>(p.weight + int64_t(g) * cc * taps, cg, kd, kh, kw, corner, fw, fw + taps * cc);
+  if constexpr (kConvolve) {
+    // The taps with the center masked, stored [t][c'][c] like fold's.
+    for (int e = threadIdx.x; e < taps * cc; e += blockDim.x) {
+      const int t = e / cc, cp = (e - t * cc) / cg, c = e - t * cc - cp * cg;
+      fw[e] = conv_tap<T>(p.weight + int64_t(g) * cc * taps, cg, kd, kh, kw, corner, t, c, cp);
+    }
+    __syncthreads();
+  } else {
+    fold<T, Tr>(p.weight + int64_t(g) * cc * taps, cg, kd, kh, kw, corner, fw, fw + taps * cc);
+  }
   const T* lin = fw + (taps - 1) * cc;
 
   // gridDim.x is a multiple of G, so a block keeps its group (and its fold) while it
@@ -166,44 +178,89 @@ __global__ void __launch_bounds__(kMaxThreads) solve_kernel(const Params<T> p) {
       };
       for (int64_t e = threadIdx.x; e < cg * volume; e += blockDim.x) buf[at(e)] = yn[e];
       __syncthreads();
-      // y' = Linv·y for every voxel at once, off the dependent chain of the walk.
-      for (int64_t e = threadIdx.x; e < volume; e += blockDim.x) {
-        const int d = int(e / plane), h = int((e / W) % H), w = int(e % W);
-        T* px = buf + ((int64_t(d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg;
-        apply_center<T, CG, Tr>(px, px, 1, lin, cg);
-      }
-      __syncthreads();
-      for (int s = 0; s <= steps; ++s) {
-        const Hyperplane hyp(s, D, H, W);
-        for (int64_t i = threadIdx.x; i < hyp.items(cg); i += blockDim.x) {
-          const int c = int(i % cg), q = int((i / cg) % hyp.span);
-          const int d = hyp.d0 + int(i / (int64_t(cg) * hyp.span));
-          const int h = Hyperplane::row_lo(d, s, W) + q, w = s - d - h;
-          if (h > Hyperplane::row_hi(d, s, H)) continue;
-          // Padded (d + e, h + a, w + b) is tap (e, a, b) of the window of voxel (d, h, w).
-          const T* win = buf + ((int64_t(d) * hp + h) * wp + w) * cg;
-          T* out = buf + ((int64_t(d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg + c;
-          T acc = *out;
-#pragma unroll
-          for (int e = 0; e < kd; ++e) {
-#pragma unroll
-            for (int a = 0; a < kh; ++a) {
-#pragma unroll
-              for (int b = 0; b < kw; ++b) {
-                if (e == kd - 1 && a == kh - 1 && b == kw - 1) continue;
-                const T* src = win + ((int64_t(e) * hp + a) * wp + b) * cg;
-                const T* wt = fw + ((e * kh + a) * kw + b) * cc + c;
-#pragma unroll
-                for (int cp = 0; cp < cg; ++cp) acc -= wt[cp * cg] * src[cp];
-              }
-            }
-          }
-          *out = acc;
+      // The causal conv: output element e reads its window of the staged input, with no
+      // walk (the solve's walk below is compiled out).
+      auto convolved = [&](int64_t e) {
+        const int64_t centre = at(e);
+        const int c = int(centre % cg);
+        const T* px = buf + (centre - c);
+        T acc = lin[c * cg + c] * px[c];
+        for (int cp = 0; cp < c; ++cp) acc += lin[cp * cg + c] * px[cp];
+        const T* win = px - ((int64_t(kd - 1) * hp + kh - 1) * wp + kw - 1) * cg;
+        for (int t = 0; t < taps - 1; ++t) {
+          const int te = t / (kh * kw), ta = (t / kw) % kh, tb = t % kw;
+          const T* src = win + ((int64_t(te) * hp + ta) * wp + tb) * cg;
+          const T* wt = fw + int64_t(t) * cc + c;
+          for (int cp = 0; cp < cg; ++cp) acc -= wt[cp * cg] * src[cp];
+        }
+        return acc;
+      };
+      if constexpr (!kConvolve) {
+        // y' = Linv·y for every voxel at once, off the dependent chain of the walk.
+        for (int64_t e = threadIdx.x; e < volume; e += blockDim.x) {
+          const int d = int(e / plane), h = int((e / W) % H), w = int(e % W);
+          T* px = buf + ((int64_t(d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg;
+          apply_center<T, CG, Tr>(px, px, 1, lin, cg);
         }
         __syncthreads();
+        for (int s = 0; s <= steps; ++s) {
+          const Hyperplane hyp(s, D, H, W);
+          for (int64_t i = threadIdx.x; i < hyp.items(cg); i += blockDim.x) {
+            const int c = int(i % cg), q = int((i / cg) % hyp.span);
+            const int d = hyp.d0 + int(i / (int64_t(cg) * hyp.span));
+            const int h = Hyperplane::row_lo(d, s, W) + q, w = s - d - h;
+            if (h > Hyperplane::row_hi(d, s, H)) continue;
+            // Padded (d + e, h + a, w + b) is tap (e, a, b) of the window of voxel (d, h, w).
+            const T* win = buf + ((int64_t(d) * hp + h) * wp + w) * cg;
+            T* out = buf + ((int64_t(d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg + c;
+            T acc = *out;
+#pragma unroll
+            for (int e = 0; e < kd; ++e) {
+#pragma unroll
+              for (int a = 0; a < kh; ++a) {
+#pragma unroll
+                for (int b = 0; b < kw; ++b) {
+                  if (e == kd - 1 && a == kh - 1 && b == kw - 1) continue;
+                  const T* src = win + ((int64_t(e) * hp + a) * wp + b) * cg;
+                  const T* wt = fw + ((e * kh + a) * kw + b) * cc + c;
+#pragma unroll
+                  for (int cp = 0; cp < cg; ++cp) acc -= wt[cp * cg] * src[cp];
+                }
+              }
+            }
+            *out = acc;
+          }
+          __syncthreads();
+        }
       }
-      for (int64_t e = threadIdx.x; e < cg * volume; e += blockDim.x) xn[e] = buf[at(e)];
+      // Written in global order, so the writes coalesce along w.
+      for (int64_t e = threadIdx.x; e < cg * volume; e += blockDim.x)
+        xn[e] = kConvolve ? convolved(e) : buf[at(e)];
       __syncthreads();  // the next sample restages buf
+    } else if constexpr (kConvolve) {
+      // Straight from global memory: each output element reads its window of the input.
+      auto at = [&](int d, int h, int w) {
+        return (int64_t(fd ? D - 1 - d : d) * H + (fr ? H - 1 - h : h)) * W +
+               (fc ? W - 1 - w : w);
+      };
+      for (int64_t e = threadIdx.x; e < cg * volume; e += blockDim.x) {
+        const int c = int(e / volume);
+        const int64_t v = e - int64_t(c) * volume;
+        const int gd = int(v / plane), gh = int((v / W) % H), gw = int(v % W);
+        const int d = fd ? D - 1 - gd : gd, h = fr ? H - 1 - gh : gh, w = fc ? W - 1 - gw : gw;
+        T acc = lin[c * cg + c] * yn[e];
+        for (int cp = 0; cp < c; ++cp) acc += lin[cp * cg + c] * yn[int64_t(cp) * volume + v];
+        for (int t = 0; t < taps - 1; ++t) {
+          const int dd = d + t / (kh * kw) - (kd - 1), hh = h + (t / kw) % kh - (kh - 1),
+                    ww = w + t % kw - (kw - 1);
+          const bool inside = dd >= 0 && hh >= 0 && ww >= 0;
+          const int64_t off = inside ? at(dd, hh, ww) : 0;
+          const T* wt = fw + int64_t(t) * cc + c;
+          for (int cp = 0; cp < cg; ++cp)
+            acc -= wt[cp * cg] * (inside ? yn[int64_t(cp) * volume + off] : T(0));
+        }
+        xn[e] = acc;
+      }
     } else {
       __syncthreads();  // fw complete
       for (int64_t e = threadIdx.x; e < volume; e += blockDim.x)
@@ -256,13 +313,14 @@ Params<T> params_for(const SolveArgs& args) {
           args.kh, args.kw, int(args.depth), int(args.height), int(args.width), args.pattern};
 }
 
-template <typename T, int CG, int KD, int KH, int KW, bool Tr, bool XShared>
+template <typename T, int CG, int KD, int KH, int KW, int Dir, bool XShared>
 std::string kernel_name() {
   auto dim = [](int v) { return v > 0 ? std::to_string(v) : std::string("rt"); };
   // 2-D kernels (KD = 1) keep their 2-D names.
   const std::string depth = KD == 1 ? std::string() : dim(KD) + "x";
   return std::string("solve_kernel<") + (sizeof(T) == 4 ? "float" : "double") + ", cg=" +
-         dim(CG) + ", k=" + depth + dim(KH) + "x" + dim(KW) + (Tr ? ", transposed" : ", solve") +
+         dim(CG) + ", k=" + depth + dim(KH) + "x" + dim(KW) +
+         (Dir == kConv ? ", conv" : Dir == kTransposed ? ", transposed" : ", solve") +
          (XShared ? ", shared x>" : ", global x>");
 }
 

@@ -22,7 +22,9 @@ PATTERN_CODE = {"TL": 0, "TR": 1, "BL": 2, "BR": 3, "quad": 4, "pair": 5, "oct":
                 "FTL": 7, "FTR": 8, "FBL": 9, "FBR": 10,
                 "L": 0, "R": 1, "NTL": 0, "NTR": 1, "NBL": 2, "NBR": 3}
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
-SOLVE, TRANSPOSED = 0, 1
+# Direction codes (csrc/invconv/common.h): the solve, its transpose, and the causal conv
+# y = T x itself (the generated kernel of the sampling pass, DESIGN.md §15).
+SOLVE, TRANSPOSED, CONV = 0, 1, 2
 
 # (device type, kd, kh, kw, channels, pattern code) -> run-time module (same `solve`
 # interface).

@@ -89,13 +89,30 @@ def causal_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Te
         # conv2d rejects an empty image; the result is empty, as inv_conv2d's is. The sum
         # keeps the weight in the graph (its gradient is then an exact zero).
         return x + 0 * weight_m.sum()
+    if _weight_cache.plain_eager(x, weight_m) and x.dtype in KERNEL_DTYPES:
+        # Sampling and evaluation take the fastest form for the shape: the generated kernel
+        # (DESIGN §15) or a torch convolution. Autograd, tracing and export take the torch
+        # form below (plain pads and convolutions, which they see through).
+        forms = QUAD_FORMS if order == "quad" else corner_forms(order)
+        form = _autotune.fastest(f"causal_conv_{order}", forms, x, weight_m)
+        return forms[form](x, weight_m)
     if order != "quad":
-        return F.conv2d(F.pad(x, padding(order, kh, kw)), weight_m)
-    # Sampling and evaluation take the fastest form for the shape; autograd, tracing and
-    # export take the per-group one (plain pads, convolutions and a concatenation).
-    form = (_autotune.fastest("causal_conv_quad", QUAD_FORMS, x, weight_m)
-            if _weight_cache.plain_eager(x, weight_m) else "per_group")
-    return QUAD_FORMS[form](x, weight_m)
+        return _padded_conv(x, weight_m, order)
+    return _quad_per_group(x, weight_m)
+
+
+def _padded_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:
+    kh, kw = weight_m.shape[2], weight_m.shape[3]
+    return F.conv2d(F.pad(x, padding(order, kh, kw)), weight_m)
+
+
+def _generated_kernel(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:
+    """The causal conv as the generator emits it beside the solve (direction ``conv``):
+    one call for every order, quad's four groups included, from the solve's data layout
+    without its recurrence. It masks the weight itself (masking twice changes nothing)."""
+    from . import _dispatch   # _dispatch imports the validation this module's users share
+
+    return _dispatch.solve(x, weight_m, order, _dispatch.CONV)[0]
 
 
 def _quad_per_group(x: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
@@ -153,8 +170,18 @@ def embedded(weight_g: torch.Tensor) -> torch.Tensor:
     return torch.cat(blocks, dim=0)
 
 
+# The kernels take float32 and float64 (bfloat16/float16 reach here only as float32 copies).
+KERNEL_DTYPES = (torch.float32, torch.float64)
 QUAD_FORMS = {"per_group": _quad_per_group, "grouped": _quad_grouped,
-              "block_diagonal": _quad_block_diagonal, "embedded": _quad_embedded}
+              "block_diagonal": _quad_block_diagonal, "embedded": _quad_embedded,
+              "kernel": functools.partial(_generated_kernel, order="quad")}
+
+
+@functools.lru_cache(maxsize=None)
+def corner_forms(corner: str) -> dict:
+    """A single corner's equal forms: a pad and a convolution, or the generated kernel."""
+    return {"padded_conv": functools.partial(_padded_conv, order=corner),
+            "kernel": functools.partial(_generated_kernel, order=corner)}
 
 
 def causal_conv_adjoint(u: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:

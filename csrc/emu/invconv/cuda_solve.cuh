@@ -60,10 +60,10 @@ namespace inverseflow::cuda {
 namespace detail {
 
 // The checks the CUDA runtime would make at launch, then the grid on the shim.
-template <typename T, int CG, int KD, int KH, int KW, bool Tr, bool XShared>
+template <typename T, int CG, int KD, int KH, int KW, int Dir, bool XShared>
 void launch(const Params<T>& p, const LaunchPlan& plan) {
   emu::FakeDevice& dev = emu::fake_device();
-  const std::string name = kernel_name<T, CG, KD, KH, KW, Tr, XShared>();
+  const std::string name = kernel_name<T, CG, KD, KH, KW, Dir, XShared>();
   auto fail = [&](const std::string& why) {
     throw std::runtime_error("inverseflow emulated CUDA " + name + ": launch failed: " + why);
   };
@@ -80,13 +80,13 @@ void launch(const Params<T>& p, const LaunchPlan& plan) {
                           plan.workspace_bytes});
   emu::run_grid(dim3(unsigned(plan.blocks)), dim3(unsigned(plan.threads)),
                 size_t(plan.smem_bytes), {smem_raw, kSharedCapacity}, dev.schedule,
-                [&p] { solve_kernel<T, CG, KD, KH, KW, Tr, XShared>(p); });
+                [&p] { solve_kernel<T, CG, KD, KH, KW, Dir, XShared>(p); });
 }
 
 }  // namespace detail
 
 // Mirrors solve() in csrc/invconv/cuda_solve.cuh branch for branch.
-template <typename T, int CG, int KD, int KH, int KW, bool Transposed>
+template <typename T, int CG, int KD, int KH, int KW, int Dir>
 void solve(const SolveArgs& args) {
   using namespace detail;
   // Recursive: a specialization that delegates to the generic solve re-enters.
@@ -97,25 +97,27 @@ void solve(const SolveArgs& args) {
   const Params<T> base = params_for<T>(args);
 
   if (plan.path == Path::kSharedX) {
-    launch<T, CG, KD, KH, KW, Transposed, true>(base, plan);
+    launch<T, CG, KD, KH, KW, Dir, true>(base, plan);
   } else if constexpr (CG > 0 || KD > 0 || KH > 0 || KW > 0) {
-    solve<T, 0, 0, 0, 0, Transposed>(args);
+    solve<T, 0, 0, 0, 0, Dir>(args);
   } else if (plan.path == Path::kGlobalX) {
-    launch<T, 0, 0, 0, 0, Transposed, false>(base, plan);
+    launch<T, 0, 0, 0, 0, Dir, false>(base, plan);
   } else {
     // cudaMallocAsync does not clear: poison it like shared memory.
     std::unique_ptr<unsigned char[]> ws(new unsigned char[size_t(plan.workspace_bytes)]);
     std::memset(ws.get(), emu::kPoisonByte, size_t(plan.workspace_bytes));
     Params<T> p = base;
     p.ws = reinterpret_cast<T*>(ws.get());
-    launch<T, 0, 0, 0, 0, Transposed, false>(p, plan);
+    launch<T, 0, 0, 0, 0, Dir, false>(p, plan);
   }
 }
 
 // As in the real launcher: the generic kernels are instantiated once (bind_cuda_emu.cpp).
-extern template void solve<float, 0, 0, 0, 0, false>(const SolveArgs&);
-extern template void solve<float, 0, 0, 0, 0, true>(const SolveArgs&);
-extern template void solve<double, 0, 0, 0, 0, false>(const SolveArgs&);
-extern template void solve<double, 0, 0, 0, 0, true>(const SolveArgs&);
+extern template void solve<float, 0, 0, 0, 0, kSolve>(const SolveArgs&);
+extern template void solve<float, 0, 0, 0, 0, kTransposed>(const SolveArgs&);
+extern template void solve<float, 0, 0, 0, 0, kConv>(const SolveArgs&);
+extern template void solve<double, 0, 0, 0, 0, kSolve>(const SolveArgs&);
+extern template void solve<double, 0, 0, 0, 0, kTransposed>(const SolveArgs&);
+extern template void solve<double, 0, 0, 0, 0, kConv>(const SolveArgs&);
 
 }  // namespace inverseflow::cuda
