@@ -218,5 +218,5 @@ def stability_bound(weight: torch.Tensor, order: str) -> float:
     return _geometry_nd.stability_bound(weight, order)
 
 
-__all__ = ["InvConv2d", "InvConv1d", "InvConv3d", "PLACEMENTS", "ORDERS", "stability_bound", "inverse_growth",
-           "GROWTH_WARNING_THRESHOLD"]
+__all__ = ["InvConv2d", "InvConv1d", "InvConv3d", "PLACEMENTS", "ORDERS", "stability_bound",
+           "inverse_growth", "GROWTH_WARNING_THRESHOLD"]
