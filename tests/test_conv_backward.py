@@ -52,16 +52,18 @@ def test_every_weight_grad_form_and_chunking_matches_the_oracle(order, shape, dt
     grad_out = torch.randn(x.shape, generator=rng, dtype=torch.float64)
     expected = _weight_grad_oracle(x, grad_out, weight_shape, order)
     tol = 1e-12 if dtype == torch.float64 else 2e-5
+    size = x.numel() * torch.finfo(dtype).bits // 8
     for form in _forms(order):
-        for chunks in (1, 2, batch):   # a budget of 1/chunks of the input
-            size = x.numel() * x.element_size() * (4 if form == "block_diagonal" else 1)
-            monkeypatch.setattr(_geometry, "WEIGHT_GRAD_CHUNK_BYTES", size // chunks)
+        fn = _geometry.WEIGHT_GRAD_FORMS[form]
+        # one chunk, at least two, one sample each
+        for budget, fewest, most in ((size, 1, 1), (size - 1, 2, batch), (1, batch, batch)):
+            monkeypatch.setattr(_geometry, "WEIGHT_GRAD_CHUNK_BYTES", budget)
+            assert fewest <= _geometry._batch_chunks(fn, x.to(dtype), order) <= most
             grads = _layouts(grad_out.to(dtype))
             for name, inp in _layouts(x.to(dtype)).items():
-                got = _geometry._in_batch_chunks(_geometry.WEIGHT_GRAD_FORMS[form], inp,
-                                                 grads[name], weight_shape, order)
+                got = _geometry._in_batch_chunks(fn, inp, grads[name], weight_shape, order)
                 assert got.dtype == dtype and got.shape == weight_shape
-                assert oracle.rel_err(got, expected) < tol, (form, chunks, name)
+                assert oracle.rel_err(got, expected) < tol, (form, budget, name)
 
 
 @pytest.mark.parametrize("order", ORDERS)

@@ -253,10 +253,11 @@ ADJOINT_QUAD_FORMS = {"per_group": lambda u, w: _adjoint_per_group(u, w, "quad")
                       "grouped": _adjoint_grouped, "block_diagonal": _adjoint_block_diagonal,
                       "embedded": _adjoint_embedded}
 
-# The weight gradient runs over the batch in chunks of at most this many input bytes, so
-# its scratch (a padded copy, oneDNN's reordered copies of the input and of grad_out) is
-# bounded by a few chunks rather than growing with B·C·H·W: the backward's peak memory
-# then stays at or below conv's own (issue 18), and a chunk that fits in L2 runs no slower.
+# Above this many input bytes the weight gradient runs over the batch in chunks (at least
+# two, each of about this size), so its scratch (a padded copy, oneDNN's reordered copies
+# of the input and of grad_out) is a chunk's rather than the whole batch's: the backward's
+# peak memory then stays at or below conv's own (issue 18), and a chunk that fits in L2
+# runs no slower.
 WEIGHT_GRAD_CHUNK_BYTES = 512 * 1024
 
 
@@ -286,12 +287,8 @@ def conv_weight_grad(inp: torch.Tensor, grad_out: torch.Tensor, weight_shape, or
 
 
 def _in_batch_chunks(form, inp: torch.Tensor, grad_out: torch.Tensor, weight_shape, order):
-    """``form`` summed over chunks of the batch of at most WEIGHT_GRAD_CHUNK_BYTES each (a
-    quarter of that for the block-diagonal form, whose dense call reorders all C channels
-    at once where the grouped forms' scratch is a group's)."""
-    budget = WEIGHT_GRAD_CHUNK_BYTES // (4 if form is _weight_grad_block_diagonal else 1)
-    size = inp.numel() * inp.element_size()
-    chunks = min(inp.shape[0], max(1, -(-size // max(1, budget))))
+    """``form`` summed over chunks of the batch (:func:`_batch_chunks`)."""
+    chunks = _batch_chunks(form, inp, order)
     if chunks == 1:
         return form(inp, grad_out, weight_shape, order)
     total = None
@@ -299,6 +296,22 @@ def _in_batch_chunks(form, inp: torch.Tensor, grad_out: torch.Tensor, weight_sha
         part = form(inp_part, grad_part, weight_shape, order)
         total = part if total is None else total.add_(part)   # parts are ours to reuse
     return total
+
+
+def _batch_chunks(form, inp: torch.Tensor, order: str) -> int:
+    """One chunk up to WEIGHT_GRAD_CHUNK_BYTES of input; above, at least two, of about the
+    bytes each call of ``form`` handles at once: a quarter of the channels for quad's
+    per-group padded form (so 4× the bytes per chunk: every chunk costs it four calls), all
+    C for its dense block-diagonal form, whose reorders cover 4× the channels (so ¼)."""
+    size = inp.numel() * inp.element_size()
+    if size <= WEIGHT_GRAD_CHUNK_BYTES:
+        return 1
+    per_chunk = WEIGHT_GRAD_CHUNK_BYTES
+    if order == "quad" and form is _weight_grad_padded:
+        per_chunk *= 4
+    elif form is _weight_grad_block_diagonal:
+        per_chunk = max(1, per_chunk // 4)
+    return min(inp.shape[0], max(2, -(-size // per_chunk)))
 
 
 def _convolution_weight_grad(grad_out, inp, shape, pad, groups_):
