@@ -90,7 +90,7 @@ def test_parity_section_reports_every_ratio_and_writes_json(tmp_path):
 
     causal = conv_parity.causal_conv_case(2, 4, 4, "quad", rounds=2)
     assert set(causal["ratios"]) >= {"causal_over_conv", "causal_over_solve"}
-    assert causal["quad_form"] in inverseflow.ops._geometry.QUAD_FORMS
+    assert causal["form"] in inverseflow.ops._geometry.sampling_forms("quad", True)
     sampling = conv_parity.sampling_case("digits", 2, rounds=1)
     assert set(sampling["times"]) == {"inverseflow", "finc", "glow"}
     fwd_bwd = conv_parity.fwd_bwd_case(2, 4, 4, "TL", rounds=2)

@@ -108,7 +108,7 @@ def test_sampling_chooses_among_the_forms_and_stays_exact(order, rng):
         got = inverseflow.causal_conv2d(x, weight, order)
     key = [k for k in _autotune.choices()
            if k[0] == f"causal_conv_{order}" and k[-2] == (3, 8, 7, 6)]
-    forms = _geometry.QUAD_FORMS if order == "quad" else _geometry.corner_forms(order)
+    forms = _geometry.sampling_forms(order, True)
     assert key and _autotune.choices()[key[0]] in forms
     assert oracle.rel_err(got, oracle.causal_conv(x, weight, order)) < 1e-12
     for name, form in forms.items():   # every form, whichever one was chosen
@@ -122,3 +122,16 @@ def test_a_wrong_direction_code_is_refused():
     with pytest.raises(ValueError, match="direction"):
         module.solve(y.data_ptr(), torch.zeros(4, 4, 1, 1).data_ptr(), y.data_ptr(), 1, 4,
                      1, 2, 2, 1, 1, 1, 0, 0, 3, 1, 0, False)
+
+
+@pytest.mark.parametrize("order", ["TL", "quad"])
+def test_a_masked_tangent_never_takes_the_kernel(order, rng):
+    """The kernel applies M itself (a unit diagonal); a masked tangent or gradient has a zero
+    diagonal there, so forward-mode AD's Ṫx must take a torch form (it once did not)."""
+    weight = _weight(8, (3, 3), order, rng, torch.float64)
+    x = torch.randn(2, 8, 5, 4, generator=rng, dtype=torch.float64)
+    tangent_m = _geometry.mask_gradient(torch.randn(weight.shape, generator=rng,
+                                                    dtype=torch.float64), order)
+    expected = oracle.causal_conv(x, tangent_m, order) - oracle.causal_conv(
+        x, torch.zeros_like(tangent_m), order)   # linear part only: no identity centre
+    assert oracle.rel_err(_geometry.causal_conv(x, tangent_m, order), expected) < 1e-12

@@ -88,9 +88,9 @@ def causal_conv_case(batch, channels, size, order, rounds, device="cpu") -> dict
     med = {k: v["median_ms"] for k, v in t.items()}
     low = {k: v["min_ms"] for k, v in t.items()}
     chosen = [form for key, form in _autotune.choices().items()
-              if key[0] == "causal_conv_quad" and key[4] == tuple(x.shape) and order == "quad"]
+              if key[0] == f"causal_conv_{order}" and key[4] == tuple(x.shape)]
     return {"shape": [batch, channels, size, size], "kernel": KERNEL, "order": order,
-            "quad_form": chosen[0] if chosen else None, "times": t,
+            "form": chosen[0] if chosen else None, "times": t,
             "ratios": {"causal_over_conv": med["causal_conv2d"] / med["conv2d"],
                        "causal_over_solve": med["causal_conv2d"] / med["inv_conv2d"],
                        "causal_over_conv_of_minima": low["causal_conv2d"] / low["conv2d"]}}

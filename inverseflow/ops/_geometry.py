@@ -82,20 +82,27 @@ def mask_gradient(grad: torch.Tensor, order: str) -> torch.Tensor:
     return torch.where(keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
 
-def causal_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:
-    """conv2d with corner padding, on an already masked weight."""
+def causal_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str,
+                unit_center: bool = False) -> torch.Tensor:
+    """conv2d with corner padding, on an already masked weight.
+
+    ``unit_center=True`` says that ``weight_m`` is a masked weight M(W) (its centre unit
+    lower triangular), not a masked tangent or gradient (centre diagonal 0): only then may
+    the generated kernel, which applies M itself, be among the forms.
+    """
     kh, kw = weight_m.shape[2], weight_m.shape[3]
     if x.shape[2] == 0 or x.shape[3] == 0:
         # conv2d rejects an empty image; the result is empty, as inv_conv2d's is. The sum
         # keeps the weight in the graph (its gradient is then an exact zero).
         return x + 0 * weight_m.sum()
-    if _weight_cache.plain_eager(x, weight_m) and x.dtype in KERNEL_DTYPES:
+    if _weight_cache.plain_eager(x, weight_m):
         # Sampling and evaluation take the fastest form for the shape: the generated kernel
         # (DESIGN §15) or a torch convolution. Autograd, tracing and export take the torch
         # form below (plain pads and convolutions, which they see through).
-        forms = QUAD_FORMS if order == "quad" else corner_forms(order)
-        form = _autotune.fastest(f"causal_conv_{order}", forms, x, weight_m)
-        return forms[form](x, weight_m)
+        forms = sampling_forms(order, unit_center and x.dtype in KERNEL_DTYPES)
+        if len(forms) > 1:
+            form = _autotune.fastest(f"causal_conv_{order}", forms, x, weight_m)
+            return forms[form](x, weight_m)
     if order != "quad":
         return _padded_conv(x, weight_m, order)
     return _quad_per_group(x, weight_m)
@@ -173,15 +180,18 @@ def embedded(weight_g: torch.Tensor) -> torch.Tensor:
 # The kernels take float32 and float64 (bfloat16/float16 reach here only as float32 copies).
 KERNEL_DTYPES = (torch.float32, torch.float64)
 QUAD_FORMS = {"per_group": _quad_per_group, "grouped": _quad_grouped,
-              "block_diagonal": _quad_block_diagonal, "embedded": _quad_embedded,
-              "kernel": functools.partial(_generated_kernel, order="quad")}
+              "block_diagonal": _quad_block_diagonal, "embedded": _quad_embedded}
 
 
 @functools.lru_cache(maxsize=None)
-def corner_forms(corner: str) -> dict:
-    """A single corner's equal forms: a pad and a convolution, or the generated kernel."""
-    return {"padded_conv": functools.partial(_padded_conv, order=corner),
-            "kernel": functools.partial(_generated_kernel, order=corner)}
+def sampling_forms(order: str, with_kernel: bool) -> dict:
+    """An order's equal forms of the causal conv, name -> fn(x, weight_m): quad's four, or a
+    corner's pad and convolution; with the generated kernel when ``with_kernel``."""
+    forms = dict(QUAD_FORMS) if order == "quad" else {
+        "padded_conv": functools.partial(_padded_conv, order=order)}
+    if with_kernel:
+        forms["kernel"] = functools.partial(_generated_kernel, order=order)
+    return forms
 
 
 def causal_conv_adjoint(u: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:

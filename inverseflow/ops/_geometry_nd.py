@@ -101,20 +101,40 @@ def _is_empty(x: torch.Tensor) -> bool:
     return any(n == 0 for n in x.shape[2:])
 
 
-def causal_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:
-    """``convNd`` with corner padding, on an already masked weight."""
+def causal_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str,
+                unit_center: bool = False) -> torch.Tensor:
+    """``convNd`` with corner padding, on an already masked weight (``unit_center``: as in
+    :func:`._geometry.causal_conv`, a real M(W), so the generated kernel may run)."""
     dims = weight_m.dim() - 2
     if _is_empty(x):
         # conv rejects an empty signal; the result is empty, as the solve's is. The sum
         # keeps the weight in the graph (its gradient is then an exact zero).
         return x + 0 * weight_m.sum()
+    if _weight_cache.plain_eager(x, weight_m):
+        # Sampling and evaluation take the fastest form for the shape, the generated kernel
+        # (DESIGN §15) among them; autograd, tracing and export take the torch forms below
+        # (plain pads, convolutions and a concatenation).
+        forms = sampling_forms(order, dims, unit_center and x.dtype in KERNEL_DTYPES)
+        if len(forms) > 1:
+            form = _autotune.fastest(f"causal_conv_{order}", forms, x, weight_m)
+            return forms[form](x, weight_m)
     if order != GROUP_PATTERN[dims]:
-        return CONV[dims](F.pad(x, padding(order, weight_m.shape[2:])), weight_m)
-    # Sampling and evaluation take the faster form for the shape; autograd, tracing and
-    # export take the per-group one (plain pads, convolutions and a concatenation).
-    form = (_autotune.fastest(f"causal_conv_{order}", GROUP_FORMS, x, weight_m)
-            if _weight_cache.plain_eager(x, weight_m) else "per_group")
-    return GROUP_FORMS[form](x, weight_m)
+        return _padded_conv(x, weight_m, order)
+    return _per_group(x, weight_m)
+
+
+def _padded_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:
+    return CONV[weight_m.dim() - 2](F.pad(x, padding(order, weight_m.shape[2:])), weight_m)
+
+
+def _generated_kernel(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:
+    """The generator's causal-conv kernel (direction ``conv``): one call for any order."""
+    from . import _dispatch   # imported late: _dispatch is above the geometry modules
+
+    return _dispatch.solve(x, weight_m, order, _dispatch.CONV)[0]
+
+
+
 
 
 def _per_group(x: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
@@ -139,7 +159,21 @@ def _grouped(x: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
+# The kernels take float32 and float64 (bfloat16/float16 reach here only as float32 copies).
+KERNEL_DTYPES = (torch.float32, torch.float64)
 GROUP_FORMS = {"per_group": _per_group, "grouped": _grouped}
+
+
+@functools.lru_cache(maxsize=None)
+def sampling_forms(order: str, dims: int, with_kernel: bool) -> dict:
+    """An order's equal forms of the causal conv, name -> fn(x, weight_m): the group
+    pattern's GROUP_FORMS, or a corner's pad and convolution; with the generated kernel
+    when ``with_kernel``."""
+    forms = dict(GROUP_FORMS) if order == GROUP_PATTERN[dims] else {
+        "padded_conv": functools.partial(_padded_conv, order=order)}
+    if with_kernel:
+        forms["kernel"] = functools.partial(_generated_kernel, order=order)
+    return forms
 
 
 def causal_conv_adjoint(u: torch.Tensor, weight_m: torch.Tensor, order: str) -> torch.Tensor:

@@ -177,9 +177,10 @@ def _causal_conv_impl(dims: int, geometry):
         check_conv_args(x, weight, order, "x", dims)
         if x.dtype in LOW_PRECISION:   # float32 like the solve it inverts, then back (§12)
             x32, weight32 = x.float(), weight.float()
-            return geometry.causal_conv(x32, geometry.masked_weight(weight32, order),
-                                        order).to(x.dtype)
-        return geometry.causal_conv(x, geometry.masked_weight(weight, order), order)
+            return geometry.causal_conv(x32, geometry.masked_weight(weight32, order), order,
+                                        unit_center=True).to(x.dtype)
+        return geometry.causal_conv(x, geometry.masked_weight(weight, order), order,
+                                    unit_center=True)
     return impl
 
 
