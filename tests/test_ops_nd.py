@@ -175,15 +175,21 @@ def test_geometry_nd_is_the_2d_geometry_for_d_2(rng):
                                    _geometry.conv_weight_grad(x, x, weight.shape, order))
 
 
-@pytest.mark.parametrize("d", [1, 2, 3])
-def test_every_group_form_of_the_causal_conv_is_the_oracle(d, rng):
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("d,order", [(d, o) for d in (1, 3) for o in ORDERS[d]] + [(2, "quad")])
+def test_every_sampling_form_of_the_causal_conv_is_the_oracle(d, order, dtype, rng):
+    """Sampling picks the fastest of these forms per shape (the generated conv kernel among
+    them), so each must be exact, not only the one a test run happens to pick."""
     shape, kernel = {1: ((5,), (3,)), 2: ((3, 4), (2, 3)), 3: ((2, 3, 2), (2, 1, 3))}[d]
-    pattern = O.GROUP_PATTERN[d]
-    weight = torch.randn(2 ** d * 2, 2, *kernel, generator=rng, dtype=torch.float64)
-    x = torch.randn(2, 2 ** d * 2, *shape, generator=rng, dtype=torch.float64)
-    wm = _geometry_nd.masked_weight(weight, pattern)
-    for name, form in _geometry_nd.GROUP_FORMS.items():
-        torch.testing.assert_close(form(x, wm), O.causal_conv(x, weight, pattern), msg=name)
+    x, weight = make(d, 2, shape, kernel, order, rng, dtype, wide=True) if d != 2 else (
+        torch.randn(2, 8, *shape, generator=rng, dtype=torch.float64).to(dtype),
+        torch.randn(8, 2, *kernel, generator=rng, dtype=torch.float64).to(dtype))
+    wm = _geometry_nd.masked_weight(weight, order)
+    forms = _geometry_nd.sampling_forms(order, d, True)
+    assert "kernel" in forms and len(forms) >= 2
+    expected = O.causal_conv(x.double(), weight.double(), order)
+    for name, form in forms.items():
+        assert rel_err(form(x, wm), expected) <= TOL[dtype], name
 
 
 # ---------------------------------------------------------------------------- autograd
