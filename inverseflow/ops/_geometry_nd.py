@@ -134,9 +134,6 @@ def _generated_kernel(x: torch.Tensor, weight_m: torch.Tensor, order: str) -> to
     return _dispatch.solve(x, weight_m, order, _dispatch.CONV)[0]
 
 
-
-
-
 def _per_group(x: torch.Tensor, weight_m: torch.Tensor) -> torch.Tensor:
     """Each channel group padded at its corner and convolved on its own."""
     dims, kernel = weight_m.dim() - 2, weight_m.shape[2:]
