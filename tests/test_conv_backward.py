@@ -66,6 +66,18 @@ def test_every_weight_grad_form_and_chunking_matches_the_oracle(order, shape, dt
                 assert oracle.rel_err(got, expected) < tol, (form, budget, name)
 
 
+def test_batch_chunks_are_at_least_two_above_the_chunk_size_and_at_most_the_cap():
+    big = torch.empty(1000, 64, 64, 64, device="meta")          # 1 GiB of float32
+    small = torch.empty(4, 4, 8, 8, device="meta")
+    for form in _geometry.WEIGHT_GRAD_FORMS.values():
+        for order in ("TL", "quad"):
+            assert _geometry._batch_chunks(form, big, order) == _geometry.WEIGHT_GRAD_MAX_CHUNKS
+            assert _geometry._batch_chunks(form, small, order) == 1
+            just_over = torch.empty(_geometry.WEIGHT_GRAD_CHUNK_BYTES // 4 + 1, 1, 1, 1,
+                                    device="meta")
+            assert _geometry._batch_chunks(form, just_over, order) >= 2
+
+
 @pytest.mark.parametrize("order", ORDERS)
 def test_the_backward_takes_a_measured_form_and_stays_exact(order, rng):
     weight = oracle.random_weight(8, 3, 2, order, rng).requires_grad_()

@@ -269,6 +269,9 @@ ADJOINT_QUAD_FORMS = {"per_group": lambda u, w: _adjoint_per_group(u, w, "quad")
 # peak memory then stays at or below conv's own (issue 18), and a chunk that fits in L2
 # runs no slower.
 WEIGHT_GRAD_CHUNK_BYTES = 512 * 1024
+# Beyond this many chunks the scratch is already an eighth of the whole batch's; more would
+# only add calls (kernel launches on a GPU, whose batches run to many MiB).
+WEIGHT_GRAD_MAX_CHUNKS = 8
 
 
 def conv_weight_grad(inp: torch.Tensor, grad_out: torch.Tensor, weight_shape, order: str):
@@ -321,7 +324,7 @@ def _batch_chunks(form, inp: torch.Tensor, order: str) -> int:
         per_chunk *= 4
     elif form is _weight_grad_block_diagonal:
         per_chunk = max(1, per_chunk // 4)
-    return min(inp.shape[0], max(2, -(-size // per_chunk)))
+    return min(inp.shape[0], WEIGHT_GRAD_MAX_CHUNKS, max(2, -(-size // per_chunk)))
 
 
 def _convolution_weight_grad(grad_out, inp, shape, pad, groups_):
