@@ -94,10 +94,9 @@ void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Bloc
   const int chunk = kStatic ? kChunk : cg;
   std::vector<V> heap_acc(kStatic ? 0 : cg);
 
-  for (int64_t di = 0; di < g.depth; ++di) {
-  const int64_t d = kReverse ? g.depth - 1 - di : di;
-  for (int64_t hi = 0; hi < g.height; ++hi) {
-    const int64_t h = kReverse ? g.height - 1 - hi : hi;
+  for (int64_t ri = 0; ri < g.rows(); ++ri) {  // image rows, depth-major
+    const int64_t r = kReverse ? g.rows() - 1 - ri : ri;
+    const int64_t d = r / g.height, h = r % g.height;
     for (int64_t wi = 0; wi < g.width; ++wi) {
       const int64_t w = kReverse ? g.width - 1 - wi : wi;
       V* out = buf + ((d + kd - 1) * plane + (h + kh - 1) * pw + (w + kw - 1)) * cg;
@@ -108,9 +107,9 @@ void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Bloc
       for (int c0 = 0; c0 < cg; c0 += chunk) {
         V reg_acc[kChunk];
         V* acc = kStatic ? reg_acc : heap_acc.data();
-        // y' = Linv·y over the triangle that can be non-zero only (lower for the solve,
-        // upper for the transposed solve), so a NaN in channel c' reaches just the
-        // channels that depend on it.
+        // y' = Linv·y (for the conv, L·x) over the triangle that can be non-zero only
+        // (lower for the solve and the conv, upper for the transposed solve), so a NaN in
+        // channel c' reaches just the channels that depend on it.
         const T* lin = folded + center * cc;
 #pragma GCC unroll 16
         for (int c = 0; c < chunk; ++c) {
@@ -147,7 +146,6 @@ void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Bloc
       if (!kStatic)
         for (int c = 0; c < cg; ++c) out[c] = heap_acc[c];
     }
-  }
   }
 }
 

@@ -64,9 +64,11 @@ inline void check_solve_shape(const SolveArgs& args, int CG, int KD, int KH, int
       (KW > 0 && args.kw != KW))
     throw std::invalid_argument("inverseflow CUDA solve: specialization called with "
                                 "another shape (registry bug)");
-  // Voxel coordinates and tap indices are int in the kernel.
+  // Voxel coordinates, tap indices and a hyperplane's work items are int in the kernel.
+  const int64_t min_hw = args.height < args.width ? args.height : args.width;
   if (args.depth + args.height + args.width + args.kd + args.kh + args.kw > INT32_MAX ||
-      cg * cg * args.kd * args.kh * args.kw > INT32_MAX)
+      cg * cg * args.kd * args.kh * args.kw > INT32_MAX ||
+      args.depth * min_hw * cg > INT32_MAX)
     throw std::invalid_argument("inverseflow CUDA solve: image or kernel too large");
 }
 

@@ -55,7 +55,8 @@ struct Hyperplane {
   }
   static IFLOW_HD int row_lo(int d, int s, int W) { return s - d - (W - 1) > 0 ? s - d - (W - 1) : 0; }
   static IFLOW_HD int row_hi(int d, int s, int H) { return s - d < H - 1 ? s - d : H - 1; }
-  IFLOW_HD int64_t items(int cg) const { return int64_t(d1 - d0 + 1) * span * cg; }
+  // Fits in int: check_solve_shape bounds D·min(H, W)·cg.
+  IFLOW_HD int items(int cg) const { return (d1 - d0 + 1) * span * cg; }
 };
 
 // Folds this block's group (fold_group_weights, same triangles and summation order) into
@@ -125,6 +126,7 @@ __device__ __forceinline__ void apply_center(const T* src, T* dst, S stride, con
 template <typename T, int CG, int KD, int KH, int KW, int Dir, bool XShared>
 __global__ void __launch_bounds__(kMaxThreads) solve_kernel(const Params<T> p) {
   constexpr bool Tr = Dir == kTransposed, kConvolve = Dir == kConv;
+  constexpr int kUnroll = CG > 0 && KD > 0 && KH > 0 && KW > 0 ? 64 : 1;
   const int cg = CG > 0 ? CG : p.cg;
   const int kd = KD > 0 ? KD : p.kd;
   const int kh = KH > 0 ? KH : p.kh;
@@ -162,34 +164,36 @@ __global__ void __launch_bounds__(kMaxThreads) solve_kernel(const Params<T> p) {
     if constexpr (XShared) {
       T* buf = smem + (taps + 1) * cc;
       const int hp = H + kh - 1, wp = W + kw - 1;
-      const int64_t padded = int64_t(D + kd - 1) * hp * wp;
+      // Everything staged fits in shared memory, so its indices fit in int (32-bit
+      // division: 64-bit division is a call that made the generic kernels spill).
+      const int padded = (D + kd - 1) * hp * wp;
       // Zero the border: padded voxels before the image on any axis.
-      for (int64_t e = threadIdx.x; e < padded; e += blockDim.x) {
-        const int dd = int(e / (int64_t(hp) * wp)), hh = int((e / wp) % hp), ww = int(e % wp);
+      for (int e = threadIdx.x; e < padded; e += blockDim.x) {
+        const int dd = e / (hp * wp), hh = (e / wp) % hp, ww = e % wp;
         if (dd < kd - 1 || hh < kh - 1 || ww < kw - 1)
           for (int c = 0; c < cg; ++c) buf[e * cg + c] = T(0);
       }
       // Stage y in global order, so the reads coalesce along w.
-      auto at = [&](int64_t e) {  // global NCDHW index within the sample -> buffer index
-        const int c = int(e / volume), gd = int((e / plane) % D), gh = int((e / W) % H),
-                  gw = int(e % W);
+      const int vol = int(volume), pl = H * W;
+      auto at = [&](int e) {  // global NCDHW index within the sample -> buffer index
+        const int c = e / vol, gd = (e / pl) % D, gh = (e / W) % H, gw = e % W;
         const int d = fd ? D - 1 - gd : gd, h = fr ? H - 1 - gh : gh, w = fc ? W - 1 - gw : gw;
-        return ((int64_t(d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg + c;
+        return (((d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg + c;
       };
-      for (int64_t e = threadIdx.x; e < cg * volume; e += blockDim.x) buf[at(e)] = yn[e];
+      for (int e = threadIdx.x; e < cg * vol; e += blockDim.x) buf[at(e)] = yn[e];
       __syncthreads();
       // The causal conv: output element e reads its window of the staged input, with no
       // walk (the solve's walk below is compiled out).
-      auto convolved = [&](int64_t e) {
-        const int64_t centre = at(e);
-        const int c = int(centre % cg);
+      auto convolved = [&](int e) {
+        const int centre = at(e);
+        const int c = centre % cg;
         const T* px = buf + (centre - c);
         T acc = lin[c * cg + c] * px[c];
         for (int cp = 0; cp < c; ++cp) acc += lin[cp * cg + c] * px[cp];
-        const T* win = px - ((int64_t(kd - 1) * hp + kh - 1) * wp + kw - 1) * cg;
+        const T* win = px - (((kd - 1) * hp + kh - 1) * wp + kw - 1) * cg;
         for (int t = 0; t < taps - 1; ++t) {
           const int te = t / (kh * kw), ta = (t / kw) % kh, tb = t % kw;
-          const T* src = win + ((int64_t(te) * hp + ta) * wp + tb) * cg;
+          const T* src = win + ((te * hp + ta) * wp + tb) * cg;
           const T* wt = fw + int64_t(t) * cc + c;
           for (int cp = 0; cp < cg; ++cp) acc -= wt[cp * cg] * src[cp];
         }
@@ -197,33 +201,35 @@ __global__ void __launch_bounds__(kMaxThreads) solve_kernel(const Params<T> p) {
       };
       if constexpr (!kConvolve) {
         // y' = Linv·y for every voxel at once, off the dependent chain of the walk.
-        for (int64_t e = threadIdx.x; e < volume; e += blockDim.x) {
-          const int d = int(e / plane), h = int((e / W) % H), w = int(e % W);
-          T* px = buf + ((int64_t(d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg;
+        for (int e = threadIdx.x; e < vol; e += blockDim.x) {
+          const int d = e / pl, h = (e / W) % H, w = e % W;
+          T* px = buf + (((d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg;
           apply_center<T, CG, Tr>(px, px, 1, lin, cg);
         }
         __syncthreads();
         for (int s = 0; s <= steps; ++s) {
           const Hyperplane hyp(s, D, H, W);
-          for (int64_t i = threadIdx.x; i < hyp.items(cg); i += blockDim.x) {
-            const int c = int(i % cg), q = int((i / cg) % hyp.span);
-            const int d = hyp.d0 + int(i / (int64_t(cg) * hyp.span));
+          for (int i = threadIdx.x; i < hyp.items(cg); i += blockDim.x) {
+            const int c = i % cg, q = (i / cg) % hyp.span;
+            const int d = hyp.d0 + i / (cg * hyp.span);
             const int h = Hyperplane::row_lo(d, s, W) + q, w = s - d - h;
             if (h > Hyperplane::row_hi(d, s, H)) continue;
             // Padded (d + e, h + a, w + b) is tap (e, a, b) of the window of voxel (d, h, w).
-            const T* win = buf + ((int64_t(d) * hp + h) * wp + w) * cg;
-            T* out = buf + ((int64_t(d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg + c;
+            const T* win = buf + ((d * hp + h) * wp + w) * cg;
+            T* out = buf + (((d + kd - 1) * hp + h + kh - 1) * wp + w + kw - 1) * cg + c;
             T acc = *out;
-#pragma unroll
+            // Fully unrolled when the sizes are compile-time; the generic kernel keeps its
+            // loops rolled (partial unrolling of run-time loops made it spill).
+#pragma unroll kUnroll
             for (int e = 0; e < kd; ++e) {
-#pragma unroll
+#pragma unroll kUnroll
               for (int a = 0; a < kh; ++a) {
-#pragma unroll
+#pragma unroll kUnroll
                 for (int b = 0; b < kw; ++b) {
                   if (e == kd - 1 && a == kh - 1 && b == kw - 1) continue;
-                  const T* src = win + ((int64_t(e) * hp + a) * wp + b) * cg;
+                  const T* src = win + ((e * hp + a) * wp + b) * cg;
                   const T* wt = fw + ((e * kh + a) * kw + b) * cc + c;
-#pragma unroll
+#pragma unroll kUnroll
                   for (int cp = 0; cp < cg; ++cp) acc -= wt[cp * cg] * src[cp];
                 }
               }
@@ -234,7 +240,7 @@ __global__ void __launch_bounds__(kMaxThreads) solve_kernel(const Params<T> p) {
         }
       }
       // Written in global order, so the writes coalesce along w.
-      for (int64_t e = threadIdx.x; e < cg * volume; e += blockDim.x)
+      for (int e = threadIdx.x; e < cg * vol; e += blockDim.x)
         xn[e] = kConvolve ? convolved(e) : buf[at(e)];
       __syncthreads();  // the next sample restages buf
     } else if constexpr (kConvolve) {
@@ -274,25 +280,32 @@ __global__ void __launch_bounds__(kMaxThreads) solve_kernel(const Params<T> p) {
       };
       for (int s = 0; s <= steps; ++s) {
         const Hyperplane hyp(s, D, H, W);
-        for (int64_t i = threadIdx.x; i < hyp.items(cg); i += blockDim.x) {
-          const int c = int(i % cg), q = int((i / cg) % hyp.span);
-          const int d = hyp.d0 + int(i / (int64_t(cg) * hyp.span));
+        for (int i = threadIdx.x; i < hyp.items(cg); i += blockDim.x) {
+          const int c = i % cg, q = (i / cg) % hyp.span;
+          const int d = hyp.d0 + i / (cg * hyp.span);
           const int h = Hyperplane::row_lo(d, s, W) + q, w = s - d - h;
           if (h > Hyperplane::row_hi(d, s, H)) continue;
-          T* out = xn + c * volume + at(d, h, w);
+          const T* voxel = xn + at(d, h, w);
+          T* out = xn + c * volume + (voxel - xn);
           T acc = *out;
+          // Tap (e, a, b) reads `back` steps towards the corner on each axis; a step is ±1
+          // row, plane or column in memory, by the flips (fewer live registers than
+          // recomputing at() per tap, which made the generic double kernel spill).
+          const T* wt = fw + c;
           for (int e = 0; e < kd; ++e) {
             for (int a = 0; a < kh; ++a) {
-              for (int b = 0; b < kw; ++b) {
+              for (int b = 0; b < kw; ++b, wt += cc) {
                 if (e == kd - 1 && a == kh - 1 && b == kw - 1) continue;
-                const int dd = d + e - (kd - 1), hh = h + a - (kh - 1), ww = w + b - (kw - 1);
+                const int back_d = kd - 1 - e, back_h = kh - 1 - a, back_w = kw - 1 - b;
                 // Out-of-volume reads are zero but still multiplied, as the CPU's zero
                 // border is: an inf weight there gives NaN on both backends.
-                const bool inside = dd >= 0 && hh >= 0 && ww >= 0;
-                const int64_t off = inside ? at(dd, hh, ww) : 0;
-                const T* wt = fw + ((e * kh + a) * kw + b) * cc + c;
+                const bool inside = d >= back_d && h >= back_h && w >= back_w;
+                const T* src = voxel + (inside ? (fd ? back_d : -back_d) * plane +
+                                                 (fr ? back_h : -back_h) * int64_t(W) +
+                                                 (fc ? back_w : -back_w)
+                                               : 0);
                 for (int cp = 0; cp < cg; ++cp)
-                  acc -= wt[cp * cg] * (inside ? xn[cp * volume + off] : T(0));
+                  acc -= wt[cp * cg] * (inside ? src[cp * volume] : T(0));
               }
             }
           }
