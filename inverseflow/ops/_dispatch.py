@@ -57,29 +57,23 @@ def solve(y: torch.Tensor, weight: torch.Tensor, order: str, direction: int = SO
     x = torch.empty_like(y, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return x, "none"
-    module = _backends.module_for(y.device.type)
+    device_type = y.device.type
+    module = _backends.module_for(device_type)
     batch, channels = y.shape[:2]
     depth, height, width = (1,) * (3 - dims) + tuple(y.shape[2:])
     kd, kh, kw = (1,) * (3 - dims) + tuple(weight.shape[2:])
-    if not force_generic:
+    if not force_generic and _runtime_modules:
         module = _runtime_modules.get(
-            (y.device.type, kd, kh, kw, channels, PATTERN_CODE[order]), module)
-    stream = 0
-    if y.device.type == "cuda":
-        stream = torch.cuda.current_stream(y.device).cuda_stream
-    with torch.cuda.device(y.device) if y.device.type == "cuda" else _no_context():
-        name = module.solve(y.data_ptr(), weight.data_ptr(), x.data_ptr(), batch, channels,
-                            depth, height, width, kd, kh, kw, PATTERN_CODE[order],
-                            DTYPE_CODE[y.dtype], direction, torch.get_num_threads(), stream,
-                            force_generic)
+            (device_type, kd, kh, kw, channels, PATTERN_CODE[order]), module)
+    args = (y.data_ptr(), weight.data_ptr(), x.data_ptr(), batch, channels, depth, height,
+            width, kd, kh, kw, PATTERN_CODE[order], DTYPE_CODE[y.dtype], direction,
+            torch.get_num_threads())
+    if device_type == "cuda":
+        with torch.cuda.device(y.device):
+            stream = torch.cuda.current_stream(y.device).cuda_stream
+            name = module.solve(*args, stream, force_generic)
+    else:   # the batch-1 sampling pass calls this per layer: no context manager here
+        name = module.solve(*args, 0, force_generic)
     if name == "generic" and not force_generic and _unspecialized_hook is not None:
-        _unspecialized_hook(y.device.type, tuple(weight.shape[2:]), channels, order)
+        _unspecialized_hook(device_type, tuple(weight.shape[2:]), channels, order)
     return x, name
-
-
-class _no_context:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -57,7 +57,7 @@ def check_conv_args(x, weight, order, name: str = "x", dims: int = 2) -> None:
             raise TypeError(f"{label} must be float32, float64, bfloat16 or float16, got "
                             f"{arg.dtype}")
     # Under torch.autocast the ops' registered rule casts both to float32 first (§12).
-    if dtype_seen_by_op(x) != dtype_seen_by_op(weight):
+    if x.dtype != weight.dtype and dtype_seen_by_op(x) != dtype_seen_by_op(weight):
         raise TypeError(f"{name} and weight must have the same dtype (outside torch.autocast); "
                         f"got {x.dtype} and {weight.dtype}")
     group_pattern, groups = GROUP_PATTERN[dims], 2 ** dims
