@@ -10,18 +10,9 @@
 #include "invconv/cuda_solve.cuh"
 
 // The one instantiation of the generic kernels (cuda_solve.cuh declares them extern).
-template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kSolve>(
-    const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kTransposed>(
-    const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kConv>(
-    const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kSolve>(
-    const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kTransposed>(
-    const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kConv>(
-    const inverseflow::SolveArgs&);
+namespace inverseflow::cuda {
+IFLOW_GENERIC_SOLVES()
+}  // namespace inverseflow::cuda
 
 namespace {
 

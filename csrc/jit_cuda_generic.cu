@@ -3,15 +3,6 @@
 // help (cuda_solve.cuh declares them extern; bind_cuda.cu instantiates them for _cuda).
 #include "invconv/cuda_solve.cuh"
 
-template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kSolve>(
-    const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kTransposed>(
-    const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<float, 0, 0, 0, 0, inverseflow::kConv>(
-    const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kSolve>(
-    const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kTransposed>(
-    const inverseflow::SolveArgs&);
-template void inverseflow::cuda::solve<double, 0, 0, 0, 0, inverseflow::kConv>(
-    const inverseflow::SolveArgs&);
+namespace inverseflow::cuda {
+IFLOW_GENERIC_SOLVES()
+}  // namespace inverseflow::cuda

@@ -46,6 +46,17 @@ struct SolveArgs {
 
 using SolveFn = void (*)(const SolveArgs&);
 
+// The generic (run-time shape) solves of a backend, for both dtypes and every direction:
+// `extern` in the launchers' headers, instantiated once per module (IFLOW_GENERIC_SOLVES()).
+// Expands inside the backend's namespace, where `solve` is its entry point.
+#define IFLOW_GENERIC_SOLVES(prefix)                                  \
+  prefix template void solve<float, 0, 0, 0, 0, kSolve>(const SolveArgs&);       \
+  prefix template void solve<float, 0, 0, 0, 0, kTransposed>(const SolveArgs&);  \
+  prefix template void solve<float, 0, 0, 0, 0, kConv>(const SolveArgs&);        \
+  prefix template void solve<double, 0, 0, 0, 0, kSolve>(const SolveArgs&);      \
+  prefix template void solve<double, 0, 0, 0, 0, kTransposed>(const SolveArgs&); \
+  prefix template void solve<double, 0, 0, 0, 0, kConv>(const SolveArgs&);
+
 IFLOW_HD int num_groups(int pattern) {
   return pattern == kQuad ? 4 : pattern == kPair ? 2 : pattern == kOct ? 8 : 1;
 }

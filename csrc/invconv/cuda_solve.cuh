@@ -124,11 +124,6 @@ void solve(const SolveArgs& args) {
 
 // The generic kernels are instantiated once, in bind_cuda.cu; the generated files, whose
 // too-large shapes delegate to them, must not compile them again.
-extern template void solve<float, 0, 0, 0, 0, kSolve>(const SolveArgs&);
-extern template void solve<float, 0, 0, 0, 0, kTransposed>(const SolveArgs&);
-extern template void solve<float, 0, 0, 0, 0, kConv>(const SolveArgs&);
-extern template void solve<double, 0, 0, 0, 0, kSolve>(const SolveArgs&);
-extern template void solve<double, 0, 0, 0, 0, kTransposed>(const SolveArgs&);
-extern template void solve<double, 0, 0, 0, 0, kConv>(const SolveArgs&);
+IFLOW_GENERIC_SOLVES(extern)
 
 }  // namespace inverseflow::cuda

@@ -113,11 +113,6 @@ void solve(const SolveArgs& args) {
 }
 
 // As in the real launcher: the generic kernels are instantiated once (bind_cuda_emu.cpp).
-extern template void solve<float, 0, 0, 0, 0, kSolve>(const SolveArgs&);
-extern template void solve<float, 0, 0, 0, 0, kTransposed>(const SolveArgs&);
-extern template void solve<float, 0, 0, 0, 0, kConv>(const SolveArgs&);
-extern template void solve<double, 0, 0, 0, 0, kSolve>(const SolveArgs&);
-extern template void solve<double, 0, 0, 0, 0, kTransposed>(const SolveArgs&);
-extern template void solve<double, 0, 0, 0, 0, kConv>(const SolveArgs&);
+IFLOW_GENERIC_SOLVES(extern)
 
 }  // namespace inverseflow::cuda
