@@ -23,7 +23,7 @@ def _kernel_and_pattern(row: dict) -> tuple[str, str]:
     sizes = (row.get("kd", 1), row["kh"], row["kw"])[3 - dims:]
     return "x".join(str(k) for k in sizes), _PATTERN_NAMES[dims].get(row["pattern"], "?")
 DTYPES = ("float32", "float64")
-DIRECTIONS = ("solve", "transposed")
+DIRECTIONS = ("solve", "transposed", "conv")   # codes 0, 1, 2 (csrc/invconv/common.h)
 
 
 def collect() -> dict:

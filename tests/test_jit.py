@@ -27,6 +27,7 @@ from inverseflow.jit import _auto, _cache
 from inverseflow.ops import _dispatch
 
 import oracle
+from codegen.spec import DIRECTIONS   # every direction a layer compiles: solve, transposed, conv
 
 TESTS = Path(__file__).resolve().parent
 # A shape no build specializes (specs.toml has square kernels only): rectangular and quad.
@@ -109,7 +110,7 @@ SPECIALIZE_CHILD = f"""
 def test_specialize_names_the_kernels_of_both_dtypes_and_directions(compiled):
     _, names = compiled
     assert sorted(names) == sorted(f"{STEM}_{d}_{r}_cpu" for d in ("f32", "f64")
-                                   for r in ("solve", "transposed"))
+                                   for r in DIRECTIONS)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
@@ -327,7 +328,7 @@ def test_unknown_device_is_a_value_error():
 def test_a_shape_the_build_specializes_needs_no_compile(cache_env):
     names = jit.specialize(3, 12, "TL")
     assert sorted(names) == sorted(f"invconv_k3x3_c12_tl_{d}_{r}_cpu"
-                                   for d in ("f32", "f64") for r in ("solve", "transposed"))
+                                   for d in ("f32", "f64") for r in DIRECTIONS)
     assert not (cache_env / "jit").exists()
 
 
@@ -342,7 +343,7 @@ def test_cuda_module_compiles_with_nvcc(compiled, tmp_path):
     finally:
         _restore_cache(saved)
     assert sorted(names) == sorted(f"{STEM}_{d}_{r}_cuda" for d in ("f32", "f64")
-                                   for r in ("solve", "transposed"))
+                                   for r in DIRECTIONS)
     manifest, problem = _cache.inspect(_entry(cache, "cuda"))
     assert problem is None and Path(manifest["compiler"]).name == "nvcc"
     assert any(flag.startswith("--generate-code") for flag in manifest["flags"])
@@ -442,7 +443,7 @@ def test_nd_shape_is_specialized_and_matches_the_dense_oracle(cache_env, kernel,
     names = jit.specialize(kernel, channels, order)
     stem = f"invconv_k{'x'.join(map(str, kernel))}_c{channels}_{order.lower()}"
     assert sorted(names) == sorted(f"{stem}_{d}_{r}_cpu" for d in ("f32", "f64")
-                                   for r in ("solve", "transposed"))
+                                   for r in DIRECTIONS)
     groups = 2 ** len(kernel) if order in ("pair", "oct") else 1
     weight = 0.3 / max(kernel) * torch.randn(channels, channels // groups, *kernel,
                                              generator=rng, dtype=torch.float64)
