@@ -23,6 +23,11 @@ ORDERS = {1: ("L", "R", "pair"), 2: ("TL", "TR", "BL", "BR", "quad"),
 SHAPES = [
     (3, 8, (9,), (3,)), (9, 4, (5,), (2,)),
     (3, 12, (5, 6), (3, 3)), (2, 8, (4, 7), (3, 2)), (17, 4, (1, 3), (2, 2)),
+    # Batches of at most half a vector run in row strips (lanes hold rows, not samples):
+    # strips of one row, uneven strips, a kernel taller than a strip, too few rows to fill
+    # every lane.
+    (1, 12, (16, 5), (3, 3)), (1, 8, (13, 6), (3, 2)), (2, 4, (9, 4), (5, 3)),
+    (1, 8, (3, 7), (3, 3)), (1, 48, (8, 8), (3, 3)),
     (2, 8, (3, 4, 5), (3, 3, 3)), (3, 8, (2, 3, 4), (2, 1, 3)),
 ]
 

@@ -280,6 +280,58 @@ void solve_block(const SolveArgs& args, const T* folded_all, int64_t b0, int nb,
   unpack_block<T, Lanes>(buf.data(), nb, layout, x);
 }
 
+// The causal conv of one sample's channel group with the lanes holding row strips of that
+// sample instead of samples (the conv has no dependency between voxels): lane s takes the
+// top-left-form rows [s·strip, (s+1)·strip) plus the kh−1 rows above them as its border, so
+// a batch smaller than the vector still fills it. Depth 1 and kd = 1 (2-D data) only.
+template <typename T, int Lanes, int CG, int KD, int KH, int KW>
+void conv_strips(const SolveArgs& args, const T* folded_all, int64_t n, int group,
+                 std::vector<typename Vec<T, Lanes>::type>& buf) {
+  using V = typename Vec<T, Lanes>::type;
+  const int G = num_groups(args.pattern);
+  const int cg = int(args.channels / G);
+  const int kh = args.kh, kw = args.kw;
+  const int64_t H = args.height, W = args.width, C = args.channels, plane = H * W;
+  const int64_t strip = (H + Lanes - 1) / Lanes;
+  const int64_t ph = strip + kh - 1, pw = W + kw - 1;
+  const int corner = group_corner(args.pattern, group);
+  const bool fr = flips_rows(corner, false), fc = flips_cols(corner, false);
+
+  const size_t need = size_t(ph * pw * cg);
+  if (buf.size() != need) buf.assign(need, V{});
+  else std::memset(static_cast<void*>(buf.data()), 0, need * sizeof(V));
+  T* lanes = reinterpret_cast<T*>(buf.data());
+  const T* y = static_cast<const T*>(args.y) + (n * C + int64_t(group) * cg) * plane;
+  T* x = static_cast<T*>(args.x) + (n * C + int64_t(group) * cg) * plane;
+
+  for (int s = 0; s < Lanes; ++s)
+    for (int64_t i = 0; i < ph; ++i) {   // buffer row i of lane s: top-left-form row r
+      const int64_t r = s * strip + i - (kh - 1);
+      if (r < 0 || r >= H) continue;     // the image's own zero border, or past its end
+      const int64_t h = fr ? H - 1 - r : r;
+      for (int c = 0; c < cg; ++c) {
+        const T* src = y + c * plane + h * W;
+        for (int64_t w = 0; w < W; ++w)
+          lanes[((i * pw + w + kw - 1) * cg + c) * Lanes + s] = src[fc ? W - 1 - w : w];
+      }
+    }
+  const BlockLayout layout{1, strip, W, ph, pw, C * plane, plane, 1, kh, kw, cg,
+                           false, false, false};
+  solve_packed<T, Lanes, CG, KD, KH, KW, kConv>(
+      buf.data(), folded_all + int64_t(group) * kh * kw * cg * cg, layout);
+  for (int s = 0; s < Lanes; ++s)
+    for (int64_t i = 0; i < strip; ++i) {
+      const int64_t r = s * strip + i;
+      if (r >= H) break;
+      const int64_t h = fr ? H - 1 - r : r;
+      for (int c = 0; c < cg; ++c) {
+        T* dst = x + c * plane + h * W;
+        for (int64_t w = 0; w < W; ++w)
+          dst[fc ? W - 1 - w : w] = lanes[(((i + kh - 1) * pw + w + kw - 1) * cg + c) * Lanes + s];
+      }
+    }
+}
+
 // Entry point for one specialization (or, with zeros, the generic kernel).
 template <typename T, int CG, int KD, int KH, int KW, int Dir>
 void solve(const SolveArgs& args) {
@@ -305,6 +357,22 @@ void solve(const SolveArgs& args) {
   }
 
   constexpr int L = kWideLanes<T>;
+  const T* fp = folded.data();
+  if constexpr (Dir == kConv && (KD == 0 || KD == 1)) {
+    // A batch of at most half a vector: row strips of each sample fill the lanes instead.
+    if (args.batch * 2 <= L && args.depth == 1 && args.kd == 1 && args.height >= 2) {
+      const int64_t items = args.batch * G;
+      const int threads = int(std::max<int64_t>(1, std::min<int64_t>(args.num_threads, items)));
+#pragma omp parallel num_threads(threads)
+      {
+        std::vector<typename Vec<T, L>::type> strip_buf;
+#pragma omp for schedule(static)
+        for (int64_t item = 0; item < items; ++item)
+          conv_strips<T, L, CG, KD, KH, KW>(args, fp, item / G, int(item % G), strip_buf);
+      }
+      return;
+    }
+  }
   // Samples go in full-width blocks; a short tail runs one sample at a time unless it
   // fills at least a quarter of a block.
   const int64_t full = args.batch / L;
@@ -314,7 +382,6 @@ void solve(const SolveArgs& args) {
   const int64_t narrow = tail_wide ? 0 : tail;
   const int64_t items = (wide_blocks + narrow) * G;
   const int threads = int(std::max<int64_t>(1, std::min<int64_t>(args.num_threads, items)));
-  const T* fp = folded.data();
 
 #pragma omp parallel num_threads(threads)
   {
