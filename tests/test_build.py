@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from codegen.spec import parse_specs
+from codegen.spec import DIRECTIONS, DTYPES, parse_specs
 from inverseflow import info
 from inverseflow.ops import _backends
 
@@ -35,13 +35,15 @@ def test_compiled_modules_do_not_link_libtorch_or_cudart():
 def test_info_lists_backends_and_specializations():
     data = info.collect()
     cpu = data["backends"]["cpu"]
-    assert cpu["built"] and len(cpu["specializations"]) == 4 * len(data["build"]["layers_built"])
+    per_layer = len(DTYPES) * len(DIRECTIONS)   # both dtypes; solve, transposed, conv
+    assert cpu["built"] and len(cpu["specializations"]) == per_layer * len(
+        data["build"]["layers_built"])
     assert "cuda" in data["build"]
     report = info.format_report(data)
     assert "[cpu] built" in report and "invconv_k3x3_c12_tl_f32_solve_cpu" not in report
     rows = [line.split() for line in report.splitlines()]
-    assert ["3x3", "12", "tl", "f32", "f64;", "solve", "transposed"] == rows[
-        [r[:3] for r in rows].index(["3x3", "12", "tl"])][:7]
+    assert ["3x3", "12", "tl", "f32", "f64;", "solve", "transposed", "conv"] == rows[
+        [r[:3] for r in rows].index(["3x3", "12", "tl"])][:8]
     assert "invconv_k3x3_c12_tl_f32_solve_cpu" in info.format_report(data, verbose=True)
     cli = subprocess.run([sys.executable, "-m", "inverseflow", "info", "--json"],
                          capture_output=True, text=True, check=True)
