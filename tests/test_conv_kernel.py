@@ -140,3 +140,34 @@ def test_a_masked_tangent_never_takes_the_kernel(order, rng):
     expected = oracle.causal_conv(x, tangent_m, order) - oracle.causal_conv(
         x, torch.zeros_like(tangent_m), order)   # linear part only: no identity centre
     assert oracle.rel_err(_geometry.causal_conv(x, tangent_m, order), expected) < 1e-12
+
+
+def test_callers_with_other_forms_never_share_a_choice(rng):
+    """The 2-D sampling forms (with the kernel), the torch-only forms of a masked tangent and
+    the N-D module's forms are timed separately for one shape: a choice made among one set
+    is never looked up in another (a KeyError once, when the kernel won for quad)."""
+    from inverseflow.ops import _geometry_nd
+
+    weight = _weight(8, (3, 3), "quad", rng, torch.float64)
+    x = torch.randn(2, 8, 9, 7, generator=rng, dtype=torch.float64)
+    weight_m = _geometry.masked_weight(weight, "quad")
+    tangent_m = _geometry.mask_gradient(torch.randn(weight.shape, generator=rng,
+                                                    dtype=torch.float64), "quad")
+    expected = oracle.causal_conv(x, weight, "quad")
+    linear = oracle.causal_conv(x, tangent_m, "quad") - oracle.causal_conv(
+        x, torch.zeros_like(tangent_m), "quad")
+    for _ in range(2):   # the second round reads every cached choice
+        assert oracle.rel_err(_geometry.causal_conv(x, weight_m, "quad", unit_center=True),
+                              expected) < 1e-12
+        assert oracle.rel_err(_geometry.causal_conv(x, tangent_m, "quad"), linear) < 1e-12
+        assert oracle.rel_err(_geometry_nd.causal_conv(x, weight_m, "quad", unit_center=True),
+                              expected) < 1e-12
+
+
+def test_a_stale_choice_is_measured_again():
+    """A remembered choice that is not among the candidates (a tag reused with other
+    forms) is re-measured, never returned."""
+    x = torch.zeros(1, 1)
+    first = _autotune.fastest("test_stale_choice", {"a": lambda t: t}, x)
+    second = _autotune.fastest("test_stale_choice", {"b": lambda t: t}, x)
+    assert (first, second) == ("a", "b")

@@ -351,7 +351,7 @@ def test_background_compiles_run_one_per_backend(monkeypatch, background):
     monkeypatch.setattr(_build, "specialize", compile_slowly)
     shapes = [("cpu", c) for c in (5, 6, 7, 9)] + [("cuda", c) for c in (5, 6)]
     for device, channels in shapes:
-        _auto.on_unspecialized(device, 2, 3, channels, "TL")
+        _auto.on_unspecialized(device, (2, 3), channels, "TL")
     assert jit.wait(timeout=60)
     assert sorted(done) == sorted(shapes)
     assert most == {"cpu": 1, "cuda": 1}

@@ -25,7 +25,7 @@ def fastest(tag: str, candidates: dict, *args: torch.Tensor) -> str:
     key = (tag, first.device, first.dtype, torch.get_num_threads(),
            *(tuple(a.shape) for a in args))
     choice = _choices.get(key)
-    if choice is None:
+    if choice not in candidates:   # first use, or a tag reused with other candidates
         choice = _choices[key] = _measure(candidates, args, first.device)
     return choice
 

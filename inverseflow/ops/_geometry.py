@@ -101,7 +101,8 @@ def causal_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str,
         # form below (plain pads and convolutions, which they see through).
         forms = sampling_forms(order, unit_center and x.dtype in KERNEL_DTYPES)
         if len(forms) > 1:
-            form = _autotune.fastest(f"causal_conv_{order}", forms, x, weight_m)
+            tag = f"causal_conv_{order}" + ("" if "kernel" in forms else "_torch")
+            form = _autotune.fastest(tag, forms, x, weight_m)
             return forms[form](x, weight_m)
     if order != "quad":
         return _padded_conv(x, weight_m, order)

@@ -116,7 +116,9 @@ def causal_conv(x: torch.Tensor, weight_m: torch.Tensor, order: str,
         # (plain pads, convolutions and a concatenation).
         forms = sampling_forms(order, dims, unit_center and x.dtype in KERNEL_DTYPES)
         if len(forms) > 1:
-            form = _autotune.fastest(f"causal_conv_{order}", forms, x, weight_m)
+            # Its own tag: the 2-D module times other forms under "causal_conv_quad".
+            tag = f"causal_conv{dims}d_nd_{order}" + ("" if "kernel" in forms else "_torch")
+            form = _autotune.fastest(tag, forms, x, weight_m)
             return forms[form](x, weight_m)
     if order != GROUP_PATTERN[dims]:
         return _padded_conv(x, weight_m, order)
