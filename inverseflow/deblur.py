@@ -105,7 +105,7 @@ def _check_kernel(kernel, like: Tensor, order: str) -> Tensor:
     if not torch.isfinite(kernel).all():
         raise ValueError("kernel holds inf or NaN values")
     if leading_tap(kernel, order) == 0:
-        i, j = center(order, *kernel.shape)
+        i, j = center(order, kernel.shape)
         raise ValueError(f"kernel's leading tap kernel[{i}, {j}] (the tap aligned with the "
                          f"output for order={order!r}) is 0: the causal blur is singular")
     return kernel
@@ -122,7 +122,7 @@ def _planes(image: Tensor) -> Tensor:
 def leading_tap(kernel: Tensor, order: str = "TL") -> Tensor:
     """The tap aligned with the output pixel: ``kernel[kh−1, kw−1]`` for TL, ``[kh−1, 0]``
     for TR, ``[0, kw−1]`` for BL, ``[0, 0]`` for BR (a 0-d tensor)."""
-    return kernel[center(_check_order(order), *kernel.shape[-2:])]
+    return kernel[center(_check_order(order), kernel.shape[-2:])]
 
 
 def blur(image: Tensor, kernel: Tensor, order: str = "TL") -> Tensor:
@@ -133,7 +133,7 @@ def blur(image: Tensor, kernel: Tensor, order: str = "TL") -> Tensor:
     image = _check_image(image, "image")
     kernel = _check_kernel(kernel, image, order)
     kh, kw = kernel.shape
-    out = F.conv2d(F.pad(_planes(image), padding(order, kh, kw)), kernel[None, None])
+    out = F.conv2d(F.pad(_planes(image), padding(order, (kh, kw))), kernel[None, None])
     return out.reshape(image.shape)
 
 
@@ -299,7 +299,7 @@ def calibrate(sharp: Tensor, blurred: Tensor, kernel_size, order: str = "TL", *,
     with torch.no_grad():
         final = float(((gain * inv_conv2d(y, taps, order) - x) ** 2).mean())
         normalised = taps[0, 0].clone()
-        normalised[center(order, kh, kw)] = 1
+        normalised[center(order, (kh, kw))] = 1
         kernel = normalised / gain
     return Calibration(kernel=kernel.detach(), loss=final, losses=losses)
 

@@ -37,8 +37,7 @@ def _layouts(x):
 
 
 def _forms(order):
-    return [name for name in _geometry.WEIGHT_GRAD_FORMS
-            if order == "quad" or name != "block_diagonal"]
+    return list(_geometry.weight_grad_forms(order))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -58,7 +57,7 @@ def test_every_weight_grad_form_and_chunking_matches_the_oracle(order, shape, dt
         # one chunk, at least two, one sample each
         for budget, fewest, most in ((size, 1, 1), (size - 1, 2, batch), (1, batch, batch)):
             monkeypatch.setattr(_geometry, "WEIGHT_GRAD_CHUNK_BYTES", budget)
-            assert fewest <= _geometry._batch_chunks(fn, x.to(dtype), order) <= most
+            assert fewest <= _geometry.batch_chunks(fn, x.to(dtype), order) <= most
             grads = _layouts(grad_out.to(dtype))
             for name, inp in _layouts(x.to(dtype)).items():
                 got = _geometry._in_batch_chunks(fn, inp, grads[name], weight_shape, order)
@@ -71,22 +70,25 @@ def test_batch_chunks_are_at_least_two_above_the_chunk_size_and_at_most_the_cap(
     small = torch.empty(4, 4, 8, 8, device="meta")
     for form in _geometry.WEIGHT_GRAD_FORMS.values():
         for order in ("TL", "quad"):
-            assert _geometry._batch_chunks(form, big, order) == _geometry.WEIGHT_GRAD_MAX_CHUNKS
-            assert _geometry._batch_chunks(form, small, order) == 1
+            assert _geometry.batch_chunks(form, big, order) == _geometry.WEIGHT_GRAD_MAX_CHUNKS
+            assert _geometry.batch_chunks(form, small, order) == 1
             just_over = torch.empty(_geometry.WEIGHT_GRAD_CHUNK_BYTES // 4 + 1, 1, 1, 1,
                                     device="meta")
-            assert _geometry._batch_chunks(form, just_over, order) >= 2
+            assert _geometry.batch_chunks(form, just_over, order) >= 2
 
 
+@pytest.mark.parametrize("benchmark", [False, True], ids=["rule", "benchmark"])
 @pytest.mark.parametrize("order", ORDERS)
-def test_the_backward_takes_a_measured_form_and_stays_exact(order, rng):
+def test_the_backward_takes_a_chosen_form_and_stays_exact(order, benchmark, rng, monkeypatch):
+    monkeypatch.setattr(inverseflow.backends, "benchmark", benchmark)
+    monkeypatch.setattr(_autotune, "_choices", {})
     weight = oracle.random_weight(8, 3, 2, order, rng).requires_grad_()
     y = torch.randn(3, 8, 6, 5, generator=rng, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(y.shape, generator=rng, dtype=torch.float64)
     got = torch.autograd.grad(inverseflow.inv_conv2d(y, weight, order), (y, weight), upstream)
-    key = [k for k in _autotune.choices()
-           if k[0] == f"conv_weight_grad_{order}_3x2" and k[4] == (3, 8, 6, 5)]
-    assert key and _autotune.choices()[key[0]] in _forms(order)
+    key = [k for k in _autotune.choices() if k[:2] == ("conv_weight_grad", order)]
+    # measured and remembered only in benchmark mode
+    assert len(key) == benchmark and all(_autotune.choices()[k] in _forms(order) for k in key)
     y64, w64 = y.detach().requires_grad_(), weight.detach().requires_grad_()
     want = torch.autograd.grad(oracle.inv_conv(y64, w64, order), (y64, w64), upstream)
     for a, b in zip(got, want):
@@ -112,7 +114,7 @@ def test_every_adjoint_form_matches_the_dense_transpose(order, shape, dtype, rng
     a = oracle.dense_matrix(weight, order, height, width)
     expected = (a.T @ u.reshape(batch, -1).T).T.reshape(u.shape)
     weight_m = oracle.mask(weight, order).to(dtype)
-    forms = (_geometry.ADJOINT_QUAD_FORMS if order == "quad" else
+    forms = (_geometry.ADJOINT_GROUP_FORMS if order == "quad" else
              {"per_group": lambda t, w: _geometry._adjoint_per_group(t, w, order)})
     forms = {**forms, "chosen": lambda t, w: _geometry.causal_conv_adjoint(t, w, order)}
     tol = 1e-12 if dtype == torch.float64 else 1e-5
@@ -149,14 +151,13 @@ def _backward_peaks(batch, channels, size, order, rng):
     conv_peak = backward_peak_bytes(
         lambda: torch.autograd.grad(conv, (y, weight), upstream, retain_graph=True))
     x = inverseflow.inv_conv2d(y, weight, order)
-    key = (f"conv_weight_grad_{order}_3x3", y.device, y.dtype, torch.get_num_threads(),
-           tuple(y.shape), tuple(y.shape))
     ours = {}
     for form in _forms(order):
-        _autotune._choices[key] = form      # each form in turn, as if it had been chosen
-        ours[form] = backward_peak_bytes(
-            lambda: torch.autograd.grad(x, (y, weight), upstream, retain_graph=True))
-    _autotune._choices.pop(key)
+        # each form in turn, as if it had been chosen
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_autotune, "choose", lambda op, order, forms, *args, form=form: form)
+            ours[form] = backward_peak_bytes(
+                lambda: torch.autograd.grad(x, (y, weight), upstream, retain_graph=True))
     return ours, conv_peak
 
 

@@ -13,7 +13,7 @@ import torch.autograd.forward_ad as fwAD
 
 import inverseflow
 from inverseflow import ops
-from inverseflow.ops import _geometry, _geometry_nd
+from inverseflow.ops import _geometry
 
 import oracle_nd as O
 
@@ -159,20 +159,25 @@ def test_noncontiguous_inputs(d, rng):
                 assert rel_err(got, expected) <= 1e-10, f"{kind} {order} {label}"
 
 
-def test_geometry_nd_is_the_2d_geometry_for_d_2(rng):
-    """The dimension-generic geometry restricted to 2-D is the shipped 2-D one."""
+def test_the_one_geometry_at_d_2_is_the_2d_oracle(rng):
+    """One geometry module serves every dimension (issue 25): at d = 2 its mask, causal conv,
+    adjoint and weight gradient are the independent 2-D oracle's (tests/oracle.py)."""
+    import oracle as O2
+
     for order in ("TL", "TR", "BL", "BR", "quad"):
-        cols = 2 if order == "quad" else 8
-        weight = torch.randn(8, cols, 2, 3, generator=rng, dtype=torch.float64)
+        weight = O2.random_weight(8, 2, 3, order, rng, scale=0.5)
         x = torch.randn(2, 8, 4, 5, generator=rng, dtype=torch.float64)
-        wm = _geometry_nd.masked_weight(weight, order)
-        torch.testing.assert_close(wm, _geometry.masked_weight(weight, order), rtol=0, atol=0)
-        torch.testing.assert_close(_geometry_nd.causal_conv(x, wm, order),
-                                   _geometry.causal_conv(x, wm, order))
-        torch.testing.assert_close(_geometry_nd.causal_conv_adjoint(x, wm, order),
-                                   _geometry.causal_conv_adjoint(x, wm, order))
-        torch.testing.assert_close(_geometry_nd.conv_weight_grad(x, x, weight.shape, order),
-                                   _geometry.conv_weight_grad(x, x, weight.shape, order))
+        u = torch.randn(2, 8, 4, 5, generator=rng, dtype=torch.float64)
+        wm = _geometry.masked_weight(weight, order)
+        torch.testing.assert_close(wm, O2.mask(weight, order), rtol=0, atol=0)
+        assert rel_err(_geometry.causal_conv(x, wm, order), O2.causal_conv(x, weight, order)) < 1e-12
+        a = O2.dense_matrix(weight, order, 4, 5)
+        adjoint = (a.T @ u.reshape(2, -1).T).T.reshape(u.shape)
+        assert rel_err(_geometry.causal_conv_adjoint(u, wm, order), adjoint) < 1e-12
+        w = weight.clone().requires_grad_()
+        (O2.causal_conv(x, w, order) * u).sum().backward()
+        grad = _geometry.mask_gradient(_geometry.conv_weight_grad(x, u, weight.shape, order), order)
+        assert rel_err(grad, w.grad) < 1e-12
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -184,8 +189,8 @@ def test_every_sampling_form_of_the_causal_conv_is_the_oracle(d, order, dtype, r
     x, weight = make(d, 2, shape, kernel, order, rng, dtype, wide=True) if d != 2 else (
         torch.randn(2, 8, *shape, generator=rng, dtype=torch.float64).to(dtype),
         torch.randn(8, 2, *kernel, generator=rng, dtype=torch.float64).to(dtype))
-    wm = _geometry_nd.masked_weight(weight, order)
-    forms = _geometry_nd.sampling_forms(order, d, True)
+    wm = _geometry.masked_weight(weight, order)
+    forms = _geometry.sampling_forms(order, d, True)
     assert "kernel" in forms and len(forms) >= 2
     expected = O.causal_conv(x.double(), weight.double(), order)
     for name, form in forms.items():
@@ -232,7 +237,7 @@ def test_gradients_match_the_dense_oracle_and_masked_entries_get_zero(d, kind, d
         REFERENCE[kind](d64, w64, order).backward(upstream)
         assert rel_err(data.grad, d64.grad) <= TOL[dtype], f"{kind} {order}: grad of the data"
         assert rel_err(weight.grad, w64.grad) <= TOL[dtype], f"{kind} {order}: grad of the weight"
-        masked = ~_geometry_nd._center_parts(weight, order)[0]
+        masked = ~_geometry._center_parts(weight, order)[0]
         assert masked.any() and (weight.grad[masked] == 0).all(), f"{kind} {order}"
 
 
@@ -241,7 +246,7 @@ def test_masked_entries_change_nothing(d, rng):
     batch, shape, kernel = SHAPES[d][0]
     for order in ORDERS[d]:
         data, weight = make(d, batch, shape, kernel, order, rng)
-        masked = ~_geometry_nd._center_parts(weight, order)[0]
+        masked = ~_geometry._center_parts(weight, order)[0]
         other = weight.clone()
         other[masked] = float("nan")
         for kind, fn in OPS[d].items():

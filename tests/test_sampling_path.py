@@ -9,7 +9,9 @@ import torch
 import inverseflow
 import oracle
 from inverseflow.nn import InvConv2d, InvertibleConv1x1
-from inverseflow.ops import _autotune, _geometry, _weight_cache
+from inverseflow.ops import _form_rules, _geometry, _weight_cache
+
+QUAD_FORMS = _geometry.sampling_forms("quad", 2, True)
 
 # (batch, channels, H, W, kh, kw): square and rectangular kernels, 1×k and k×1, images
 # smaller than the kernel.
@@ -26,7 +28,7 @@ def _layouts(x):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("form", sorted(_geometry.QUAD_FORMS))
+@pytest.mark.parametrize("form", sorted(QUAD_FORMS))
 def test_every_quad_form_matches_the_dense_oracle(form, shape, dtype, rng):
     batch, channels, height, width, kh, kw = shape
     weight = oracle.random_weight(channels, kh, kw, "quad", rng, scale=0.5)
@@ -35,9 +37,9 @@ def test_every_quad_form_matches_the_dense_oracle(form, shape, dtype, rng):
     weight_m = _geometry.masked_weight(weight.to(dtype), "quad")
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     if dtype == torch.float64:
-        assert _geometry.QUAD_FORMS[form](x.to(dtype), weight_m).dtype == dtype
+        assert QUAD_FORMS[form](x.to(dtype), weight_m).dtype == dtype
     for name, inp in _layouts(x.to(dtype)).items():
-        got = _geometry.QUAD_FORMS[form](inp, weight_m)
+        got = QUAD_FORMS[form](inp, weight_m)
         assert oracle.rel_err(got, expected) < tol, name
 
 
@@ -48,19 +50,43 @@ def test_an_inf_in_one_group_stays_in_that_group(rng):
     weight[0, 0, 0, 0] = float("inf")
     x = torch.rand(1, 8, 4, 4, generator=rng, dtype=torch.float64) + 0.1
     weight_m = _geometry.masked_weight(weight, "quad")
-    for form, fn in _geometry.QUAD_FORMS.items():
+    for form, fn in QUAD_FORMS.items():
         out = fn(x, weight_m)
         assert torch.isfinite(out[:, 2:]).all(), form
         assert torch.isinf(out[:, :1]).any(), form
 
 
-def test_sampling_takes_a_measured_form_and_stays_exact(rng):
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_every_equal_form_keeps_a_non_finite_input_in_its_group(dims, rng):
+    """DESIGN §16: equal means equal for bad data too. An inf in group 0's data must leave
+    every other group's result finite in every form of the causal conv, its adjoint and the
+    weight gradient (a dense block-diagonal or embedded weight would spread 0·inf = NaN)."""
+    order = {1: "pair", 2: "quad", 3: "oct"}[dims]
+    groups, size = 2 ** dims, {1: 6, 2: 4, 3: 3}[dims]
+    channels = 2 * groups
+    weight = 0.1 * torch.randn(channels, 2, *(2,) * dims, generator=rng, dtype=torch.float64)
+    weight_m = _geometry.masked_weight(weight, order)
+    x = torch.rand(2, channels, *(size,) * dims, generator=rng, dtype=torch.float64) + 0.1
+    x[(0, 0) + (0,) * dims] = float("inf")       # group 0 holds channels 0 and 1
+    others = slice(2, None)
+    for name, fn in _geometry.sampling_forms(order, dims, True).items():
+        assert torch.isfinite(fn(x, weight_m)[:, others]).all(), ("causal_conv", name)
+    for name, fn in _geometry.ADJOINT_GROUP_FORMS.items():
+        assert torch.isfinite(fn(x, weight_m)[:, others]).all(), ("adjoint", name)
+    grad_out = torch.rand_like(x)
+    for name, form in _geometry.weight_grad_forms(order).items():
+        grad = _geometry._in_batch_chunks(form, x, grad_out, tuple(weight.shape), order)
+        assert torch.isfinite(grad[others]).all(), ("weight_grad", name)
+        assert not torch.isfinite(grad[:2]).all(), ("weight_grad", name)
+
+
+def test_sampling_takes_the_rules_form_and_stays_exact(rng):
     weight = oracle.random_weight(12, 3, 3, "quad", rng)
     x = torch.randn(3, 12, 7, 6, generator=rng, dtype=torch.float64)
     with torch.no_grad():
         got = inverseflow.causal_conv2d(x, weight, "quad")
-    key = [k for k in _autotune.choices() if k[0] == "causal_conv_quad" and k[-2] == (3, 12, 7, 6)]
-    assert key and _autotune.choices()[key[0]] in _geometry.sampling_forms("quad", True)
+    weight_m = _geometry.masked_weight(weight, "quad")
+    assert _form_rules.pick("causal_conv", "quad", QUAD_FORMS, (x, weight_m)) in QUAD_FORMS
     assert oracle.rel_err(got, oracle.causal_conv(x, weight, "quad")) < 1e-12
 
 

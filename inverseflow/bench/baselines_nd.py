@@ -17,7 +17,7 @@ import itertools
 
 import torch
 
-from ..ops import _geometry_nd
+from ..ops import _geometry
 from ..ops._validate import CORNERS_BY_DIMS, check_conv_args
 
 _FLIP = {"N": "F", "F": "N", "T": "B", "B": "T", "L": "R", "R": "L"}
@@ -51,10 +51,10 @@ def sequential_solve(y: torch.Tensor, weight: torch.Tensor, order: str) -> torch
     flipped so that its corner becomes the near one."""
     dims = weight.dim() - 2
     check_conv_args(y, weight, order, "y", dims=dims)
-    wm = _geometry_nd.masked_weight(weight, order)
+    wm = _geometry.masked_weight(weight, order)
     out = torch.empty_like(y)
-    for corner, part in _geometry_nd.groups(order, y.shape[1], dims):
-        axes = [2 + i for i, far in enumerate(_geometry_nd.far_sides(corner)) if far]
+    for corner, part in _geometry.groups(order, y.shape[1], dims):
+        axes = [2 + i for i, far in enumerate(_geometry.far_sides(corner)) if far]
         w = wm[part] if order not in CORNERS_BY_DIMS[dims] else wm
         flip = (lambda t: t.flip(axes)) if axes else (lambda t: t)  # noqa: E731
         out[:, part] = flip(_raster_sweep(flip(y[:, part]), flip(w)))
@@ -73,11 +73,11 @@ class _SequentialInverse(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         order = ctx.order
-        wm = _geometry_nd.masked_weight(weight, order)
+        wm = _geometry.masked_weight(weight, order)
         adjoint = wm.flip(list(range(wm.dim()))).transpose(0, 1)  # channels reversed, taps flipped
         g_y = sequential_solve(grad.flip(1), adjoint, opposite(order)).flip(1)
-        g_w = -_geometry_nd.conv_weight_grad(x, g_y, weight.shape, order)
-        return g_y, _geometry_nd.mask_gradient(g_w, order), None
+        g_w = -_geometry.conv_weight_grad(x, g_y, weight.shape, order)
+        return g_y, _geometry.mask_gradient(g_w, order), None
 
 
 def sequential_inv_conv(y: torch.Tensor, weight: torch.Tensor, order: str) -> torch.Tensor:
@@ -96,8 +96,8 @@ def dense_matrix(weight: torch.Tensor, order: str, shape) -> torch.Tensor:
     for size in shape:
         n *= size
     basis = torch.eye(n, dtype=weight.dtype, device=weight.device).reshape(n, *shape)
-    wm = _geometry_nd.masked_weight(weight, order)
-    return _geometry_nd.causal_conv(basis, wm, order).reshape(n, n).T
+    wm = _geometry.masked_weight(weight, order)
+    return _geometry.causal_conv(basis, wm, order).reshape(n, n).T
 
 
 def dense_inv_conv(y: torch.Tensor, weight: torch.Tensor, order: str) -> torch.Tensor:

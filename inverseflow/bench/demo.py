@@ -25,7 +25,7 @@ def run(batch: int = 64, channels: int = 12, size: int = 16, kernel: int = 3,
     weight64, y64 = weight.double(), y.double()
     round_trip64 = (causal_conv2d(inv_conv2d(y64, weight64, order), weight64, order)
                     - y64).abs().max().item()
-    padded = F.pad(y, _geometry.padding("TL" if order == "quad" else order, kernel, kernel))
+    padded = F.pad(y, _geometry.padding("TL" if order == "quad" else order, (kernel, kernel)))
     dense_weight = weight if order != "quad" else torch.randn(
         channels, channels, kernel, kernel, generator=gen).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..ops import _dispatch, _geometry_nd, causal_conv1d, causal_conv3d, inv_conv1d, inv_conv3d
+from ..ops import _dispatch, _geometry, causal_conv1d, causal_conv3d, inv_conv1d, inv_conv3d
 from ..ops._validate import GROUP_PATTERN
 from .conv_parity import round_robin
 from .environment import environment, write_json
@@ -51,9 +51,9 @@ def case(batch, channels, kernel, order, size, rounds, dtype=torch.float32) -> d
     weight = 0.5 / taps * torch.randn(channels, channels // groups, *kernel, generator=gen,
                                       dtype=dtype)
     y = torch.randn(batch, channels, *size, generator=gen, dtype=dtype)
-    corner = _geometry_nd.groups(order, channels, dims)[0][0]
-    padded = F.pad(y, _geometry_nd.padding(corner, kernel))
-    conv = _geometry_nd.CONV[dims]
+    corner = _geometry.groups(order, channels, dims)[0][0]
+    padded = F.pad(y, _geometry.padding(corner, kernel))
+    conv = _geometry.CONV[dims]
     with torch.no_grad():
         x = inverse(y, weight, order)
         residual = (causal(x, weight, order) - y).abs().max().item()

@@ -69,7 +69,7 @@ class _SequentialInverse(torch.autograd.Function):
         wm = _geometry.masked_weight(weight, order)
         adjoint = wm.flip(0, 1, 2, 3).transpose(0, 1)     # channels reversed, taps flipped
         g_y = baselines.sequential_solve(grad.flip(1), adjoint, OPPOSITE[order]).flip(1)
-        g_w = -torch.nn.grad.conv2d_weight(F.pad(x, _geometry.padding(order, kh, kw)),
+        g_w = -torch.nn.grad.conv2d_weight(F.pad(x, _geometry.padding(order, (kh, kw))),
                                            weight.shape, g_y)
         return g_y, _geometry.mask_gradient(g_w, order), None
 

@@ -48,7 +48,7 @@ def op_case(batch, channels, size, kernel, order="TL", dtype=torch.float32, devi
                                          dtype=dtype)).to(device)
     y = torch.randn(batch, channels, size, width, generator=gen, dtype=dtype).to(device)
     sync, groups = _sync(device), (4 if order == "quad" else 1)
-    padded = F.pad(y, _geometry.padding("TL" if order == "quad" else order, kernel, kernel))
+    padded = F.pad(y, _geometry.padding("TL" if order == "quad" else order, (kernel, kernel)))
     t = {}
     t["conv2d"] = summary(timings_ms(lambda: F.conv2d(padded, weight, groups=groups), repeats, sync))
     t["inv_conv2d"] = summary(timings_ms(lambda: _dispatch.solve(y, weight, order), repeats, sync))

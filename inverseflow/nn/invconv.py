@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..ops import causal_conv1d, causal_conv2d, causal_conv3d, inv_conv1d, inv_conv2d, inv_conv3d
-from ..ops import _geometry_nd
+from ..ops import _geometry
 from ..ops._validate import GROUP_PATTERN, ORDERS, check_order
 from ._validate import kernel_size_nd, non_negative_number, positive_int
 
@@ -215,7 +215,7 @@ def stability_bound(weight: torch.Tensor, order: str) -> float:
     minus 2) over the off-center taps (per channel group, the largest); ρ < 1 guarantees
     ``max|x| ≤ ‖L⁻¹‖_∞ max|y| / (1 − ρ)`` at any size. Shared by the layers and by
     :mod:`inverseflow.deblur`."""
-    return _geometry_nd.stability_bound(weight, order)
+    return _geometry.stability_bound(weight, order)
 
 
 __all__ = ["InvConv2d", "InvConv1d", "InvConv3d", "PLACEMENTS", "ORDERS", "stability_bound",

@@ -1,51 +1,134 @@
-"""Which of several equivalent implementations is fastest for a shape, timed once per
-shape on first use, the way ``torch.backends.cudnn.benchmark`` picks conv algorithms.
+"""Which of several equal forms of an op runs (DESIGN §16).
 
-Used where the fastest form depends on the machine's convolution library, not on the
-math: quad's causal conv (DESIGN §15) is one grouped convolution, one dense convolution
-with a block-diagonal weight, or four convolutions, and which wins changed with channels,
-batch and CPU (oneDNN's grouped kernel took 23 ms where four dense ones took 3 ms).
+The forms are equal in exact arithmetic and round differently, so the choice decides the
+last bits of a result. By default it follows the fixed rule of :mod:`._form_rules`, from
+what is known without a clock. In benchmark mode (:mod:`inverseflow.backends`) each form is
+timed once per shape, robustly, and the choice is remembered for the process; training saves
+the remembered choices in its checkpoints (:func:`recorded`) and a resume restores them
+(:func:`restore`), so that it continues exactly as the killed process would have.
 """
 
 from __future__ import annotations
 
+import random
+import statistics
 import time
 
 import torch
 
-REPEATS = 3
+from .. import backends
+from . import _form_rules
+
+# The measurement (benchmark mode): every form is called WARMUP_CALLS times, then ROUNDS
+# interleaved rounds time one sample of each form, in a shuffled order, each sample at least
+# MIN_SAMPLE_SECONDS long (a 50 µs form is timed over several calls, not judged on one).
+# The form with the smallest median wins; forms within TIE of the rule's choice count as
+# equal to it, so equal forms give a stable choice: the rule's.
+WARMUP_CALLS = 2
+ROUNDS = 7
+MIN_SAMPLE_SECONDS = 2e-3
+MAX_CALLS_PER_SAMPLE = 1000
+TIE = 0.03
+
+clock = time.perf_counter   # replaced by tests to inject a timer
+
 _choices: dict[tuple, str] = {}
 
 
-def fastest(tag: str, candidates: dict, *args: torch.Tensor) -> str:
-    """Name of the fastest of ``candidates`` (name -> fn) on ``args``; measured on the
-    first call for a shape (each candidate once to warm up, then the best of
-    ``REPEATS``), remembered after."""
-    first = args[0]
-    key = (tag, first.device, first.dtype, torch.get_num_threads(),
-           *(tuple(a.shape) for a in args))
+def choose(op: str, order: str, candidates: dict, *args: torch.Tensor) -> str:
+    """The name of the form of ``op`` (one of :data:`._form_rules.OPS`) to run on ``args``,
+    among ``candidates`` (name -> fn(*args)): the rule's, or in benchmark mode the fastest
+    measured for this shape."""
+    rule = _form_rules.pick(op, order, candidates, args)
+    if not backends.benchmark_active():
+        return rule
+    key = choice_key(op, order, candidates, args)
     choice = _choices.get(key)
-    if choice not in candidates:   # first use, or a tag reused with other candidates
-        choice = _choices[key] = _measure(candidates, args, first.device)
+    if choice not in candidates:   # first use of the shape
+        choice = _choices[key] = measure(candidates, args, prefer=rule)[0]
     return choice
 
 
-def _measure(candidates: dict, args, device: torch.device) -> str:
+def choice_key(op: str, order: str, candidates, args) -> tuple:
+    """What a remembered choice is keyed by: plain strings and ints, so that checkpoints can
+    hold it as data."""
+    first = args[0]
+    return (op, order, tuple(sorted(candidates)), first.device.type, str(first.dtype),
+            tuple(tuple(int(n) for n in a.shape) for a in args))
+
+
+def measure(candidates: dict, args, prefer: str | None = None, seed: int = 0
+            ) -> tuple[str, dict]:
+    """(the fastest form, {form: median seconds per call}); see the constants above."""
+    device = args[0].device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    best = dict.fromkeys(candidates, float("inf"))
+    calls = {}
     with torch.no_grad():
-        for fn in candidates.values():
-            fn(*args)
-        for _ in range(REPEATS):
-            for name, fn in candidates.items():
-                sync()
-                start = time.perf_counter()
+        for name, fn in candidates.items():
+            for _ in range(WARMUP_CALLS):
                 fn(*args)
+            sync()
+            start = clock()
+            fn(*args)
+            sync()
+            once = max(clock() - start, 1e-9)
+            calls[name] = max(1, min(MAX_CALLS_PER_SAMPLE, round(MIN_SAMPLE_SECONDS / once)))
+        samples: dict[str, list[float]] = {name: [] for name in candidates}
+        order = list(candidates)
+        shuffle = random.Random(seed).shuffle
+        for _ in range(ROUNDS):
+            shuffle(order)
+            for name in order:
+                fn, count = candidates[name], calls[name]
                 sync()
-                best[name] = min(best[name], time.perf_counter() - start)
-    return min(best, key=best.get)
+                start = clock()
+                for _ in range(count):
+                    fn(*args)
+                sync()
+                samples[name].append((clock() - start) / count)
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    best = min(medians, key=lambda name: (medians[name], name))
+    if prefer in medians and medians[prefer] <= medians[best] * (1 + TIE):
+        best = prefer
+    return best, medians
 
 
 def choices() -> dict:
-    """What was chosen so far (for benchmarks and bug reports)."""
+    """What benchmark mode chose so far (for benchmarks and bug reports)."""
     return dict(_choices)
+
+
+def recorded() -> list:
+    """The remembered choices as plain data (lists of strings and ints), for checkpoints."""
+    return [[op, order, list(forms), device, dtype, [list(s) for s in shapes], choice]
+            for (op, order, forms, device, dtype, shapes), choice in sorted(_choices.items())]
+
+
+def restore(entries) -> int:
+    """Takes back choices that :func:`recorded` wrote (a resumed run's); returns how many.
+    Raises ValueError on anything else (the file is data, checked like any other)."""
+    if not isinstance(entries, list):
+        raise ValueError(f"form choices must be a list, got {type(entries).__name__}")
+    parsed = {}
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 7):
+            raise ValueError("a form choice must be [op, order, forms, device, dtype, shapes, "
+                             "choice]")
+        op, order, forms, device, dtype, shapes, choice = entry
+        if (op not in _form_rules.OPS or not all(isinstance(v, str) and len(v) < 64
+                                                for v in (order, device, dtype, choice))
+                or not isinstance(forms, list) or choice not in forms
+                or not all(isinstance(f, str) and len(f) < 64 for f in forms)
+                or not isinstance(shapes, list)
+                or not all(isinstance(s, list) and all(isinstance(n, int) and 0 <= n < 2**40
+                                                       for n in s) for s in shapes)):
+            raise ValueError(f"malformed form choice {entry!r:.200}")
+        key = (op, order, tuple(forms), device, dtype, tuple(tuple(s) for s in shapes))
+        parsed[key] = choice
+    _choices.update(parsed)
+    return len(parsed)
+
+
+def forget() -> None:
+    """Drops every remembered choice (a fresh run in this process measures anew)."""
+    _choices.clear()

@@ -8,8 +8,8 @@ DESIGN.md §2 (docs/nd-design.md for 1-D and 3-D): the backward of the inverse i
 transposed solve plus the standard conv weight gradient, so it saves only ``x`` and
 ``weight``; the forward-mode tangent is one more solve plus a causal conv with the weight's
 tangent. All ops compute in float32 at the least (DESIGN.md §12, :mod:`._precision`): an
-autocast rule on each op, and float32 copies for bfloat16/float16 inputs. The 2-D ops use
-the tuned geometry of :mod:`._geometry`, the 1-D and 3-D ops :mod:`._geometry_nd`.
+autocast rule on each op, and float32 copies for bfloat16/float16 inputs. Every dimension
+uses the one geometry of :mod:`._geometry`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
-from . import _dispatch, _geometry, _geometry_nd, _precision, _weight_cache
+from . import _dispatch, _geometry, _precision, _weight_cache
 from ._precision import LOW_PRECISION
 from ._validate import check_conv_args
 
@@ -275,8 +275,8 @@ def _batching_rule(op):
 
 
 _InvConv2d, _InvConv2dTransposed = _define_ops(2, _geometry)
-_InvConv1d, _InvConv1dTransposed = _define_ops(1, _geometry_nd)
-_InvConv3d, _InvConv3dTransposed = _define_ops(3, _geometry_nd)
+_InvConv1d, _InvConv1dTransposed = _define_ops(1, _geometry)
+_InvConv3d, _InvConv3dTransposed = _define_ops(3, _geometry)
 
 
 def inv_conv2d(y: Tensor, weight: Tensor, order: str = "TL") -> Tensor:
