@@ -36,7 +36,7 @@ def case(batch: int, channels: int, size: int, order: str, repeats: int) -> dict
     dense = 0.1 * torch.randn(channels, channels, 3, 3, generator=gen)
     weight = dense if order == "TL" else dense[:, :channels // 4].contiguous()
     weight_m = _geometry.masked_weight(weight, order)
-    torch_form = (_geometry._quad_grouped if order == "quad"
+    torch_form = (_geometry._grouped if order == "quad"
                   else lambda a, w: _geometry._padded_conv(a, w, order))
     with torch.no_grad():
         times = _minima_us({

@@ -87,22 +87,26 @@ def test_environment_records_the_build_commit_without_asking_git(monkeypatch):
 
 def test_parity_section_reports_every_ratio_and_writes_json(tmp_path):
     from inverseflow.bench import conv_parity
+    from inverseflow.bench import forms as forms_section
 
     causal = conv_parity.causal_conv_case(2, 4, 4, "quad", rounds=2)
     assert set(causal["ratios"]) >= {"causal_over_conv", "causal_over_solve"}
-    assert causal["form"] in inverseflow.ops._geometry.sampling_forms("quad", True)
+    assert causal["form"] in inverseflow.ops._geometry.sampling_forms("quad", 2, True)
     sampling = conv_parity.sampling_case("digits", 2, rounds=1)
     assert set(sampling["times"]) == {"inverseflow", "finc", "glow"}
-    fwd_bwd = conv_parity.fwd_bwd_case(2, 4, 4, "TL", rounds=2)
+    fwd_bwd = conv_parity.fwd_bwd_case(2, 4, 4, "BR", rounds=2)
     assert fwd_bwd["memory"]["inv_conv2d_backward_peak_over_bchw"] >= 1.0   # at least grad_y
-    assert fwd_bwd["weight_grad_form"] in inverseflow.ops._geometry.WEIGHT_GRAD_FORMS
-    forms = conv_parity.backward_forms_case(2, 4, 4, "quad", rounds=2)
-    assert set(forms["weight_grad"]) == {"before", *inverseflow.ops._geometry.WEIGHT_GRAD_FORMS}
-    assert set(forms["adjoint"]) == set(inverseflow.ops._geometry.ADJOINT_QUAD_FORMS)
-    assert forms["chosen"]["conv_weight_grad_quad_3x3"] in forms["weight_grad"]
-    assert forms["chosen"]["causal_conv_adjoint_quad"] in forms["adjoint"]
+    assert fwd_bwd["weight_grad_form"] in inverseflow.ops._geometry.weight_grad_forms("BR")
+    forms = [forms_section.case(op, "quad", 2, 4, 4) for op in forms_section._form_rules.OPS]
+    for form_case in forms:
+        assert form_case["rule"] in form_case["median_ms"]
+        assert form_case["benchmark_choice"] in form_case["median_ms"]
+        fastest = min(form_case["median_ms"].values())
+        assert form_case["rule_over_fastest"] == form_case["median_ms"][form_case["rule"]] / fastest
+    assert set(forms[2]["median_ms"]) == set(inverseflow.ops._geometry.WEIGHT_GRAD_FORMS)
     result = {"causal_conv": [causal], "sampling": [sampling], "fwd_bwd": [fwd_bwd],
-              "backward_forms": [forms]}
+              "forms": forms}
     result["summary"] = conv_parity.summarize(result)
     path = conv_parity.write(result, tmp_path)
-    assert json.loads(open(path).read())["summary"]["causal_conv"]["cases"] == 1
+    summary = json.loads(open(path).read())["summary"]
+    assert summary["causal_conv"]["cases"] == 1 and summary["forms"]["cases"] == 3

@@ -11,14 +11,16 @@ sample with ``torch.utils.benchmark``, medians), so that all sides see the same 
   Glow (1×1 only);
 - ``fwd_bwd``: forward plus backward (input and weight gradients) of ``inv_conv2d``
   against ``F.conv2d``'s, with the peak memory that each backward allocates;
-- ``backward_forms``: the weight gradient's and quad's adjoint's equal forms (ops/_geometry)
-  side by side, against the form used before them (a padded copy of the whole batch; four
-  calls and a concatenation), and the one chosen for the shape.
+- ``forms``: every equal form of the causal conv, its adjoint and the weight gradient, in
+  every order of 1-D, 2-D and 3-D, side by side, with the fixed rule's choice and its ratio
+  to the fastest (:mod:`.forms`, DESIGN §16).
+
+Every case records the form the op ran: the rule's by default, or in benchmark mode
+(``inverseflow.backends.benchmark``) the measured one.
 """
 
 from __future__ import annotations
 
-import functools
 import random
 import statistics
 import time
@@ -29,7 +31,9 @@ import torch.nn.functional as F
 
 from ..models import from_preset
 from ..models.timing import timer
-from ..ops import _autotune, _geometry, causal_conv2d, inv_conv2d
+from .. import backends
+from ..ops import _autotune, _form_rules, _geometry, causal_conv2d, inv_conv2d
+from . import forms as forms_section
 from .environment import environment, write_json
 
 ORDERS = ("TL", "TR", "BL", "BR", "quad")
@@ -38,7 +42,6 @@ QUICK_GRID = {"batch": (1, 100), "channels": (4, 12), "size": (4, 16)}
 KERNEL = 3
 PRESETS = ("digits", "mnist")
 FWD_BWD_SHAPES = ((64, 12, 16), (16, 48, 32))    # (batch, channels, H = W)
-BACKWARD_FORM_SHAPES = ((64, 12, 16), (16, 48, 32), (64, 4, 8), (64, 16, 8), (1, 12, 16))
 TARGETS = {"causal_over_conv": 1.0, "causal_over_conv_bar": 1.2,
            "sampling_inverseflow_over_glow": 1.1, "sampling_inverseflow_over_glow_bar": 1.3,
            "fwd_bwd_inv_over_conv": 1.2, "fwd_bwd_inv_over_conv_bar": 1.3}
@@ -87,10 +90,11 @@ def causal_conv_case(batch, channels, size, order, rounds, device="cpu") -> dict
             "inv_conv2d": lambda: inv_conv2d(x, weight, order)}, rounds)
     med = {k: v["median_ms"] for k, v in t.items()}
     low = {k: v["min_ms"] for k, v in t.items()}
-    chosen = [form for key, form in _autotune.choices().items()
-              if key[0] == f"causal_conv_{order}" and key[4] == tuple(x.shape)]
+    weight_m = _geometry.masked_weight(weight, order)
     return {"shape": [batch, channels, size, size], "kernel": KERNEL, "order": order,
-            "form": chosen[0] if chosen else None, "times": t,
+            "form": form_ran("causal_conv", order, _geometry.sampling_forms(order, 2, True),
+                             (x, weight_m)),
+            "times": t,
             "ratios": {"causal_over_conv": med["causal_conv2d"] / med["conv2d"],
                        "causal_over_solve": med["causal_conv2d"] / med["inv_conv2d"],
                        "causal_over_conv_of_minima": low["causal_conv2d"] / low["conv2d"]}}
@@ -163,48 +167,30 @@ def fwd_bwd_case(batch, channels, size, order, rounds, device="cpu") -> dict:
         "conv2d_backward_peak_over_bchw": backward_peak_bytes(
             lambda: torch.autograd.grad(out, (y, weight), grad, retain_graph=True), device) / bchw_bytes}
     med = {k: v["median_ms"] for k, v in t.items()}
-    tag = f"conv_weight_grad_{order}_{KERNEL}x{KERNEL}"
-    chosen = [form for key, form in _autotune.choices().items()
-              if key[0] == tag and key[4] == tuple(y.shape)]
     return {"shape": [batch, channels, size, size], "kernel": KERNEL, "order": order, "times": t,
-            "memory": memory, "weight_grad_form": chosen[0] if chosen else None,
+            "memory": memory,
+            "weight_grad_form": form_ran("conv_weight_grad", order,
+                                         _geometry.weight_grad_forms(order), (y, grad)),
             "ratios": {"fwd_bwd_inv_over_conv": med["inv_conv2d_fwd_bwd"] / med["conv2d_fwd_bwd"],
                        "backward_peak_inv_over_conv": (memory["inv_conv2d_backward_peak_over_bchw"]
                                                        / memory["conv2d_backward_peak_over_bchw"])}}
 
 
-def backward_forms_case(batch, channels, size, order, rounds, device="cpu") -> dict:
-    """Median ms of each weight-gradient form (over its batch chunks), of the unchunked
-    padded form used before (``before``) and, for quad, of each adjoint form."""
-    gen = torch.Generator().manual_seed(0)
-    weight_m = _geometry.masked_weight(_weight(channels, order, gen), order).to(device)
-    x = torch.randn(batch, channels, size, size, generator=gen).to(device)
-    grad = torch.randn(batch, channels, size, size, generator=gen).to(device)
-    shape = tuple(weight_m.shape)
-    stmts = {"before": lambda: _geometry._weight_grad_padded(x, grad, shape, order)}
-    for name, form in _geometry.WEIGHT_GRAD_FORMS.items():
-        if order == "quad" or name != "block_diagonal":
-            stmts[name] = functools.partial(_geometry._in_batch_chunks, form, x, grad, shape, order)
-    with torch.no_grad():
-        weight_grad = round_robin(stmts, rounds)
-        _geometry.conv_weight_grad(x, grad, shape, order)   # records the choice
-        adjoint = (round_robin({name: functools.partial(fn, grad, weight_m)
-                                for name, fn in _geometry.ADJOINT_QUAD_FORMS.items()}, rounds)
-                   if order == "quad" else None)
-        _geometry.causal_conv_adjoint(grad, weight_m, order)
-    chosen = {key[0]: form for key, form in _autotune.choices().items()
-              if key[4] == tuple(x.shape) and key[0] in (
-                  f"conv_weight_grad_{order}_{KERNEL}x{KERNEL}", "causal_conv_adjoint_quad")}
-    return {"shape": [batch, channels, size, size], "kernel": KERNEL, "order": order,
-            "chunk_bytes": _geometry.WEIGHT_GRAD_CHUNK_BYTES, "weight_grad": weight_grad,
-            "adjoint": adjoint, "chosen": chosen}
+def form_ran(op: str, order: str, candidates, args) -> str:
+    """The form the op ran on ``args``: benchmark mode's remembered choice, else the rule's."""
+    if backends.benchmark_active():
+        key = _autotune.choice_key(op, order, candidates, args)
+        if key in _autotune.choices():
+            return _autotune.choices()[key]
+    return _form_rules.pick(op, order, candidates, args)
 
 
 def run(device: str = "cpu", quick: bool = False, log=print, sections=None) -> dict:
-    sections = sections or ("causal_conv", "sampling", "fwd_bwd", "backward_forms")
+    sections = sections or ("causal_conv", "sampling", "fwd_bwd", "forms")
     grid = QUICK_GRID if quick else GRID
     rounds = 5 if quick else 15
-    result = {"environment": environment(device), "targets": TARGETS}
+    result = {"environment": environment(device), "targets": TARGETS,
+              "form_choice": backends.mode()}
     if "causal_conv" in sections:
         result["causal_conv"] = []
         for batch in grid["batch"]:
@@ -226,17 +212,12 @@ def run(device: str = "cpu", quick: bool = False, log=print, sections=None) -> d
     if "fwd_bwd" in sections:
         result["fwd_bwd"] = []
         for batch, channels, size in (FWD_BWD_SHAPES[:1] if quick else FWD_BWD_SHAPES):
-            for order in ("TL", "quad"):
+            for order in ORDERS:
                 r = fwd_bwd_case(batch, channels, size, order, rounds, device)
                 result["fwd_bwd"].append(r)
                 log(_fwd_bwd_line(r))
-    if "backward_forms" in sections:
-        result["backward_forms"] = []
-        for batch, channels, size in (BACKWARD_FORM_SHAPES[:1] if quick else BACKWARD_FORM_SHAPES):
-            for order in ("TL", "quad"):
-                r = backward_forms_case(batch, channels, size, order, rounds, device)
-                result["backward_forms"].append(r)
-                log(_backward_forms_line(r))
+    if "forms" in sections:
+        result["forms"] = forms_section.run(quick, device, log)
     result["summary"] = summarize(result)
     return result
 
@@ -254,6 +235,8 @@ def summarize(result: dict) -> dict:
             "cases_slower_than_solve": sum(r > 1 for r in over_solve),
             "median_causal_over_conv_of_minima": statistics.median(
                 r["ratios"]["causal_over_conv_of_minima"] for r in result["causal_conv"])}
+    if result.get("forms"):
+        out["forms"] = forms_section.summarize(result["forms"])
     for key in ("sampling", "fwd_bwd"):
         if result.get(key):
             out[key] = {f"{_label(r)}": r["ratios"] for r in result[key]}
@@ -287,15 +270,6 @@ def _fwd_bwd_line(r) -> str:
             f"{t['conv2d_fwd_bwd']['median_ms']:.3f} ms = {q['fwd_bwd_inv_over_conv']:.2f}x; "
             f"backward peak {m['inv_conv2d_backward_peak_over_bchw']:.2f} vs "
             f"{m['conv2d_backward_peak_over_bchw']:.2f} BCHW; weight grad {r['weight_grad_form']}")
-
-
-def _backward_forms_line(r) -> str:
-    def times(section):
-        return ", ".join(f"{name} {v['median_ms']:.3f}" for name, v in section.items())
-    line = f"backward forms {_label(r)}: weight grad ms {times(r['weight_grad'])}"
-    if r["adjoint"]:
-        line += f"; adjoint ms {times(r['adjoint'])}"
-    return f"{line}; chosen {r['chosen']}"
 
 
 def write(result: dict, out: Path) -> Path:
