@@ -46,7 +46,7 @@ class _Settings(types.ModuleType):
     @property
     def benchmark(self) -> bool:
         """Whether equal forms are chosen by timing (True) or by the fixed rule (False)."""
-        return self._benchmark
+        return _setting()
 
     @benchmark.setter
     def benchmark(self, value: bool) -> None:
@@ -56,16 +56,24 @@ class _Settings(types.ModuleType):
         self._benchmark = value
 
 
-_benchmark = _env_flag("INVERSEFLOW_BENCHMARK")
+# None until first read: then INVERSEFLOW_BENCHMARK's value (read on first use, so that a
+# bad value is a clear error from the call that meets it, not from `import inverseflow`).
+_benchmark: bool | None = None
 _warned_deterministic = False
+
+
+def _setting() -> bool:
+    module = sys.modules[__name__]
+    if module._benchmark is None:
+        module._benchmark = _env_flag("INVERSEFLOW_BENCHMARK")
+    return module._benchmark
 
 
 def benchmark_active() -> bool:
     """Whether choices between equal forms are timed now: the setting, unless
     ``torch.use_deterministic_algorithms(True)`` is in force (then a one-time warning)."""
     global _warned_deterministic
-    module = sys.modules[__name__]
-    if not module._benchmark:
+    if not _setting():
         return False
     if torch.are_deterministic_algorithms_enabled():
         if not _warned_deterministic:

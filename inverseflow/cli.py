@@ -158,10 +158,13 @@ def _bench_scaling(args) -> int:
 
 
 def _train(args) -> int:
+    from . import backends
     from .train import TrainConfig, train
 
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
     fields["progress"] = not args.quiet
+    # --benchmark, or INVERSEFLOW_BENCHMARK=1 / inverseflow.backends.benchmark (DESIGN §16)
+    fields["benchmark"] = bool(args.benchmark) or backends.benchmark
     metrics = train(TrainConfig(**fields))
     if metrics:
         print(f"test bits/dim: {metrics['initial_test_bpd']:.4f} before, "
@@ -355,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the training forward under torch.autocast: bf16, or fp16 with a "
                             "GradScaler (--device cuda only); the inverse convolutions, "
                             "log-determinants, prior and bits/dim stay float32 (default fp32)")
+    train.add_argument("--benchmark", action="store_true",
+                       help="time the equal forms of each op once per shape and keep the "
+                            "fastest (like torch.backends.cudnn.benchmark); the choices are "
+                            "saved in the checkpoint and reused by --resume. Default: a fixed "
+                            "rule, so that two runs give the same bits (also "
+                            "INVERSEFLOW_BENCHMARK=1)")
     train.add_argument("--time-budget", type=float, help="stop training after this many seconds")
     train.add_argument("--num-samples", type=_positive, default=64,
                        help="samples in OUT/samples.png")

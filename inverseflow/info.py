@@ -55,7 +55,16 @@ def collect() -> dict:
         info["backends"][backend] = entry
     info["torch_cuda_available"] = torch.cuda.is_available()
     info["jit"] = jit_cache()
+    info["form_choice"] = form_choice()
     return info
+
+
+def form_choice() -> dict:
+    """How equal forms are chosen now (DESIGN §16): the setting and what is in force."""
+    from . import backends
+
+    return {"benchmark": backends.benchmark, "mode": backends.mode(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
 
 
 def jit_cache() -> dict:
@@ -151,6 +160,12 @@ def format_report(info: dict, verbose: bool = False) -> str:
         lines.append(f"layer specs built: {len(build['layers_built'])} of {build['layers_total']}"
                      + (f" (filter {build['spec_filter']!r})" if build.get("spec_filter") else ""))
     lines.append(f"cuda build: {build.get('cuda')}")
+    choice = info["form_choice"]
+    lines.append(f"equal forms: {choice['mode']} ("
+                 + ("timed once per shape; inverseflow.backends.benchmark" if choice["mode"] ==
+                    "benchmark" else "a fixed rule; benchmark mode is "
+                    + ("on but off under torch.use_deterministic_algorithms"
+                       if choice["benchmark"] else "off")) + ")")
     built = {}
     for backend, entry in info["backends"].items():
         if not entry["built"]:

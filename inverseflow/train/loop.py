@@ -3,7 +3,9 @@
 Determinism: the batch order of epoch e is a permutation seeded by (seed, e) and the
 dequantisation noise of step s by (seed, s, rank), so a resumed run replays exactly the
 batches and noise of an uninterrupted one; the checkpoint holds model, optimizer, step
-and loss history.
+and loss history. Where an op has equal forms that round differently, the fixed rule picks
+one (DESIGN §16), so two runs of one command give the same bits; with ``benchmark`` the
+forms are timed instead and the choices go into the checkpoint, for an exact resume.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import backends
+from ..ops import _autotune
 from . import distributed
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
                          save_json)
@@ -74,6 +78,9 @@ class TrainConfig:
     num_samples: int = 64
     temperature: float = 0.7
     resume: bool = False
+    # Equal forms chosen by timing (inverseflow.backends.benchmark) rather than by the fixed
+    # rule; the choices are saved in checkpoints so that a resume replays exactly.
+    benchmark: bool = False
     progress: bool = True
     tensorboard: bool = False
 
@@ -93,6 +100,8 @@ class TrainConfig:
                 or not 0 <= self.seed <= MAX_SEED):
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got "
                              f"{quote(self.seed)}")
+        if not isinstance(self.benchmark, bool):
+            raise TypeError(f"benchmark must be True or False, got {quote(self.benchmark)}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget must be positive seconds, got {self.time_budget!r}")
         if self.device not in ("cpu", "cuda"):
@@ -185,6 +194,8 @@ def train(config: TrainConfig, command_fields=None) -> dict:
     created = preflight.missing_folders(config.out)
     preflight.prepare_run_folder(config.out)
     ctx = distributed.setup(device.type)
+    setting = backends.benchmark
+    backends.benchmark = config.benchmark   # for this run only (DESIGN §16)
     try:
         with guards.InterruptRequest() as interrupt:
             return _train(config, device, ctx, interrupt, command_fields)
@@ -192,6 +203,7 @@ def train(config: TrainConfig, command_fields=None) -> dict:
         preflight.remove_empty_folders(created)
         raise
     finally:
+        backends.benchmark = setting
         distributed.teardown(ctx)
 
 
@@ -232,6 +244,14 @@ def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None
                                   f"fit the model ({type(exc).__name__}: {clip(exc, 400)})"
                                   ) from None
         mixed.load_state_dict(state.get("grad_scaler"))   # fp16's loss scale, for an exact replay
+        if config.benchmark:
+            # The forms the killed process had timed, so that the resume continues as it
+            # would have (a new measurement may choose otherwise).
+            _autotune.forget()
+            try:
+                _autotune.restore(state.get("form_choices", []))
+            except ValueError as exc:
+                raise CheckpointError(f"{ckpt_path} is malformed: {clip(exc, 300)}") from None
         start_step, losses = state["step"], list(state["losses"])
         train_seconds, initial_bpd = state["train_seconds"], state["initial_test_bpd"]
         if start_step >= total_steps:
@@ -248,6 +268,12 @@ def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None
         first = data.train[batch_indices(len(data.train), global_batch, 0, config.seed, ctx)]
         with torch.no_grad(), mixed.autocast():
             model(first.to(device), _noise(config.seed, 0, ctx.rank))
+        if config.benchmark:
+            # Times the forms of the end-of-run sampling pass now, so that they are in every
+            # checkpoint and a resumed run draws the same samples as an uninterrupted one.
+            with torch.no_grad():
+                model.sample(config.num_samples, config.temperature,
+                             generator=torch.Generator().manual_seed(config.seed))
     tb_log = TensorBoardLog(out / "tensorboard" if config.tensorboard and ctx.is_main else None,
                             resume_step=start_step)
     if initial_bpd is None and ctx.is_main:
@@ -286,6 +312,8 @@ def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None
                              "losses": losses, "train_seconds": train_seconds,
                              "initial_test_bpd": initial_bpd, "dataset": config.dataset,
                              "train_config": dataclasses.asdict(config),
+                             **({"form_choices": _autotune.recorded()} if config.benchmark
+                                else {}),
                              **({"grad_scaler": mixed.state_dict()} if mixed.scales_loss else {})},
                             ckpt_path)
         saved_step = step
@@ -350,6 +378,8 @@ def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None
                "solve_on": model.config["solve_on"], "steps": step,
                "requested_steps": total_steps, "stopped_by_time_budget": stopped_by_budget,
                "precision": config.precision,
+               # how equal forms were chosen: "deterministic" (the fixed rule) or "benchmark"
+               "benchmark": config.benchmark, "form_choice": backends.mode(),
                "batch_size": config.batch_size, "world_size": ctx.world_size,
                "initial_test_bpd": initial_bpd,
                "test_bpd": evaluate(model, data.test, config.eval_batch_size,

@@ -25,7 +25,7 @@ MAY_CHANGE_ON_RESUME = {
 _FLAG_NAMES = {"model_options": "the experiment's model options"}
 
 # Fields added after checkpoints were first written: the value every older checkpoint had.
-OLDER_CHECKPOINTS = {"precision": DEFAULT_PRECISION}
+OLDER_CHECKPOINTS = {"precision": DEFAULT_PRECISION, "benchmark": False}
 
 
 def allowed_changes(fields=None) -> str:
