@@ -218,6 +218,12 @@ def run(device: str = "cpu", quick: bool = False, log=print, sections=None) -> d
                 log(_fwd_bwd_line(r))
     if "forms" in sections:
         result["forms"] = forms_section.run(quick, device, log)
+        result["mode_cost"] = []
+        for preset in (PRESETS[:1] if quick else PRESETS):
+            r = forms_section.mode_cost(preset, 100, 3 if quick else 7, device)
+            result["mode_cost"].append(r)
+            log(f"mode cost {preset} batch 100: default/benchmark "
+                + ", ".join(f"{k} {v:.2f}" for k, v in r["default_over_benchmark"].items()))
     result["summary"] = summarize(result)
     return result
 
@@ -237,6 +243,9 @@ def summarize(result: dict) -> dict:
                 r["ratios"]["causal_over_conv_of_minima"] for r in result["causal_conv"])}
     if result.get("forms"):
         out["forms"] = forms_section.summarize(result["forms"])
+    if result.get("mode_cost"):
+        out["default_over_benchmark"] = {f"{r['preset']} batch {r['batch']}":
+                                         r["default_over_benchmark"] for r in result["mode_cost"]}
     for key in ("sampling", "fwd_bwd"):
         if result.get(key):
             out[key] = {f"{_label(r)}": r["ratios"] for r in result[key]}

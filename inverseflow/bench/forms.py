@@ -15,6 +15,7 @@ import statistics
 
 import torch
 
+from .. import backends
 from ..ops import _autotune, _form_rules, _geometry
 
 RULE_BAR = 1.2
@@ -97,6 +98,50 @@ def run(quick: bool = False, device: str = "cpu", log=print) -> list[dict]:
             for order in ("TL", "BR", "quad"):
                 add("causal_conv", order, batch, channels, size, dtype=torch.float64)
     return cases
+
+
+def mode_cost(preset: str, batch: int, rounds: int = 7, device: str = "cpu") -> dict:
+    """What the default mode gives up against benchmark mode: the sampling pass and a
+    training step (forward and backward) of one preset, timed in both modes side by side
+    (benchmark mode's choices made first, then the rounds interleave the two modes)."""
+    from ..models import from_preset
+
+    torch.manual_seed(0)
+    model = from_preset(preset).to(device)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, *model.image_shape), dtype=torch.uint8,
+                           generator=gen).to(device)
+    with torch.no_grad():
+        model(images)                       # ActNorm's data-dependent initialisation
+
+    def sampling():
+        with torch.no_grad():
+            model.sample(batch, generator=torch.Generator().manual_seed(1))
+
+    def training_step():
+        model.zero_grad(set_to_none=True)
+        model(images, torch.Generator().manual_seed(2)).mean().backward()
+
+    setting = backends.benchmark
+    try:
+        backends.benchmark = True
+        for fn in (sampling, training_step):
+            fn()                            # benchmark mode times its forms here
+        timed = {}
+        for name, fn in (("sampling", sampling), ("training_step", training_step)):
+            samples = {"deterministic": [], "benchmark": []}
+            for _ in range(rounds):
+                for mode in samples:
+                    backends.benchmark = mode == "benchmark"
+                    start = _autotune.clock()
+                    fn()
+                    samples[mode].append((_autotune.clock() - start) * 1e3)
+            timed[name] = {mode: statistics.median(v) for mode, v in samples.items()}
+    finally:
+        backends.benchmark = setting
+    return {"preset": preset, "batch": batch, "median_ms": timed,
+            "default_over_benchmark": {name: t["deterministic"] / t["benchmark"]
+                                       for name, t in timed.items()}}
 
 
 def summarize(cases: list[dict]) -> dict:

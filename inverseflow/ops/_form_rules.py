@@ -119,13 +119,17 @@ RULES: tuple[Rule, ...] = (
 
 def pick(op: str, order: str, candidates, args) -> str:
     """The rule's form for ``op`` on ``args`` among ``candidates``."""
-    case = describe(op, order, args)
+    return rule_for(describe(op, order, args), candidates).form
+
+
+def rule_for(case: Case, candidates) -> Rule:
+    """The first row of :data:`RULES` that applies to ``case`` and names a candidate."""
     for rule in RULES:
-        if (rule.op == op and rule.group_pattern in (None, case.group_pattern)
+        if (rule.op == case.op and rule.group_pattern in (None, case.group_pattern)
                 and rule.form in candidates and rule.when(case)):
-            return rule.form
-    raise LookupError(f"no rule picks among {sorted(candidates)} for {op} {order} ({case}); "
-                      "every op with equal forms needs an unconditional row in RULES")
+            return rule
+    raise LookupError(f"no rule picks among {sorted(candidates)} for {case}; every op with "
+                      "equal forms needs an unconditional row in RULES")
 
 
 def describe(op: str, order: str, args) -> Case:
