@@ -21,13 +21,15 @@ from . import _form_rules
 
 # The measurement (benchmark mode): every form is called WARMUP_CALLS times, then ROUNDS
 # interleaved rounds time one sample of each form, in a shuffled order, each sample at least
-# MIN_SAMPLE_SECONDS long (a 50 µs form is timed over several calls, not judged on one).
+# MIN_SAMPLE_SECONDS long (a 50 µs form is timed over several calls, not judged on one),
+# and at most MAX_CALLS_PER_SAMPLE calls (so a clock that misreads the warm-up, which tests
+# inject, costs a bounded time).
 # The form with the smallest median wins; forms within TIE of the rule's choice count as
 # equal to it, so equal forms give a stable choice: the rule's.
 WARMUP_CALLS = 2
 ROUNDS = 7
 MIN_SAMPLE_SECONDS = 2e-3
-MAX_CALLS_PER_SAMPLE = 1000
+MAX_CALLS_PER_SAMPLE = 100
 TIE = 0.03
 
 clock = time.perf_counter   # replaced by tests to inject a timer

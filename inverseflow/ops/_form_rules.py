@@ -61,59 +61,59 @@ def _always(case: Case) -> bool:
     return True
 
 
-# The table. Measured 2026-12-05 on an AMD EPYC (Zen 4, AVX-512, 2 cores, shared), float32
-# unless said, with the forms of this commit; docs/benchmarks.md "Issue 25" has the grid and
-# the rule's worst ratio to the fastest form.
+# The table. Sources: "forms grid" is `inverseflow bench --parity`'s forms section
+# (docs/benchmarks.md, "Issue 25"), "issue 18" the backward-forms table measured then; both
+# on an AMD EPYC (Zen 4, AVX-512), 2 cores. No GPU has been lent: the CUDA rows are reasoned,
+# not measured, and say so.
 RULES: tuple[Rule, ...] = (
     # -- the causal convolution (the sampling pass) --
-    Rule("causal_conv", None, "padded_conv",
+    Rule("causal_conv", False, "padded_conv",
          lambda c: c.device == "cuda",
          "not measured (no GPU lent): cuDNN's convolution, the plain torch form"),
-    Rule("causal_conv", None, "grouped",
+    Rule("causal_conv", True, "grouped",
          lambda c: c.device == "cuda",
          "not measured (no GPU lent): one grouped cuDNN call rather than 2^d launches"),
+    Rule("causal_conv", False, "padded_conv",
+         lambda c: c.dtype == torch.float64 and c.batch * c.positions < 1024,
+         "forms grid: at batch 1 on a small float64 image the padded conv's call is cheaper"),
     Rule("causal_conv", None, "kernel",
          lambda c: c.dtype == torch.float64,
-         "forms grid: oneDNN's float64 convolution is a slow reference path; the generated "
-         "kernel won every float64 row, specialized or generic"),
-    Rule("causal_conv", None, "kernel",
-         lambda c: c.specialized,
-         "forms grid: the specialized generated kernel (no padding copy, every group in one "
-         "pass) was the fastest or within 1.2x of it on every specialized float32 row"),
-    Rule("causal_conv", False, "kernel",
-         lambda c: c.batch * c.positions <= 256,
-         "forms grid: at a few hundred pixels a batch the call's set-up dominates, and the "
-         "generic kernel's is the smallest"),
-    Rule("causal_conv", False, "padded_conv", _always,
-         "forms grid: oneDNN's convolution beats the generic kernel on larger unlisted shapes"),
+         "forms grid: oneDNN's float64 convolution is a slow path; the generated kernel won "
+         "the float64 rows at batch 100, specialized or generic"),
     Rule("causal_conv", True, "kernel",
-         lambda c: c.batch * c.positions <= 256,
-         "forms grid: at a few hundred pixels a batch the call's set-up dominates"),
-    Rule("causal_conv", True, "grouped",
-         lambda c: c.group_channels <= 4,
-         "forms grid: with few channels a group, one grouped call beats 2^d small ones"),
+         lambda c: c.specialized or c.dims < 3,
+         "forms grid: one pass for every group beats 2^d convolutions and a concatenation "
+         "in 1-D and 2-D, specialized or generic"),
     Rule("causal_conv", True, "per_group", _always,
-         "forms grid and issue 18: oneDNN's grouped kernel is a slow path at C/4 >= 3 "
-         "(23 ms against 3 ms for four dense calls at 100x12x16x16)"),
+         "forms grid: for 3-D volumes without a specialized kernel oneDNN's 2^d conv3d calls "
+         "win"),
+    Rule("causal_conv", False, "kernel",
+         lambda c: c.specialized and c.group_channels <= 4,
+         "forms grid: with four channels the specialized kernel beats oneDNN's convolution"),
+    Rule("causal_conv", False, "padded_conv", _always,
+         "forms grid: oneDNN's convolution (a padded copy, then conv) wins or ties at "
+         "C >= 8 and for shapes that would run the generic kernel"),
     # -- its adjoint (forward-mode AD of the transposed solve); corners have one form --
     Rule("causal_conv_adjoint", True, "grouped",
          lambda c: c.device == "cuda",
          "not measured (no GPU lent): one grouped cuDNN call rather than 2^d launches"),
     Rule("causal_conv_adjoint", True, "grouped",
-         lambda c: c.group_channels <= 1,
-         "forms grid: at one channel a group the grouped call wins"),
+         lambda c: c.group_channels <= 4,
+         "forms grid: with up to four channels a group one grouped call beats 2^d"),
     Rule("causal_conv_adjoint", True, "per_group", _always,
-         "forms grid: oneDNN's grouped transposed convolution is a slow path"),
-    # -- the weight gradient (the backward of every solve) --
-    Rule("conv_weight_grad", None, "padded",
+         "forms grid: with more channels a group oneDNN's grouped transposed convolution is "
+         "no faster than 2^d dense ones"),
+    # -- the weight gradient (the backward of every solve); corners have one form --
+    Rule("conv_weight_grad", True, "padded",
          lambda c: c.device == "cuda",
          "not measured (no GPU lent): the form with the fewest multiply-adds"),
     Rule("conv_weight_grad", True, "block_diagonal",
-         lambda c: c.group_channels <= 4 and c.batch > 1,
-         "forms grid and issue 18: at small C the dense kernel beats the grouped one "
-         "despite 2^d x the multiply-adds (64x16x8x8 quad 1.32 -> 0.92 ms)"),
+         lambda c: c.dims == 2 and c.group_channels <= 4 and c.batch > 1,
+         "issue 18 (2 threads): at small C the dense kernel beats 2^d small ones despite "
+         "2^d x the multiply-adds (64x4x8x8 quad 1.10 -> 0.40 ms, 64x16x8x8 1.52 -> 0.92)"),
     Rule("conv_weight_grad", None, "padded", _always,
-         "forms grid: the padded copy is cheap next to the gradient itself"),
+         "issue 18 and forms grid: the padded copy per group is the fastest at C >= 12 "
+         "(64x12x16x16 quad 2.34 ms against 8.62 block-diagonal) and in 3-D"),
 )
 
 

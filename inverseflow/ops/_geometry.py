@@ -270,8 +270,9 @@ def conv_weight_grad(inp: torch.Tensor, grad_out: torch.Tensor, weight_shape,
                      order: str) -> torch.Tensor:
     """d<grad_out, causal_conv(inp, W)>/dW, unmasked (the standard conv weight gradient).
 
-    Plain eager calls (the backward of the solve) take one of :func:`weight_grad_forms`,
-    over the batch in chunks of :data:`WEIGHT_GRAD_CHUNK_BYTES`. Tracing, torch.func and a
+    Plain eager calls (the backward of the solve) take one of :func:`weight_grad_forms`
+    (chosen when there are two), over the batch in chunks of
+    :data:`WEIGHT_GRAD_CHUNK_BYTES`. Tracing, torch.func and a
     recorded double backward take the per-group padded form; symbolic sizes a forward-conv
     form (Inductor's lowering of convolution_backward fails there: "Invalid ranges").
     """
@@ -284,8 +285,9 @@ def conv_weight_grad(inp: torch.Tensor, grad_out: torch.Tensor, weight_shape,
     forms = {name: functools.partial(_in_batch_chunks, form, weight_shape=tuple(weight_shape),
                                      order=order)
              for name, form in weight_grad_forms(order).items()}
-    return forms[_autotune.choose("conv_weight_grad", order, forms, inp, grad_out)](
-        inp, grad_out)
+    form = (_autotune.choose("conv_weight_grad", order, forms, inp, grad_out)
+            if len(forms) > 1 else "padded")
+    return forms[form](inp, grad_out)
 
 
 def _in_batch_chunks(form, inp: torch.Tensor, grad_out: torch.Tensor, weight_shape, order):
@@ -348,17 +350,6 @@ def _weight_grad_windows(full: torch.Tensor, order: str, kernel) -> torch.Tensor
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
-def _weight_grad_conv_padding(inp, grad_out, weight_shape, order):
-    """No copy: conv's own k−1 padding on every side gives a (2k−1)-sized weight gradient
-    (each group in one grouped call for the group pattern), and each group takes its
-    window."""
-    kernel = tuple(weight_shape[2:])
-    full = _convolution_weight_grad(
-        grad_out, inp, (weight_shape[0], weight_shape[1], *(2 * k - 1 for k in kernel)),
-        tuple(k - 1 for k in kernel), len(groups(order, inp.shape[1])))
-    return _weight_grad_windows(full, order, kernel)
-
-
 def _weight_grad_block_diagonal(inp, grad_out, weight_shape, order):
     """The group pattern in one dense call with conv's own padding (G× the multiply-adds,
     but the dense kernel beats the grouped one at small C), then each group's block and
@@ -373,15 +364,20 @@ def _weight_grad_block_diagonal(inp, grad_out, weight_shape, order):
     return _weight_grad_windows(diagonal, order, kernel)
 
 
-WEIGHT_GRAD_FORMS = {"padded": _weight_grad_padded, "conv_padding": _weight_grad_conv_padding,
+# The copy-free form (conv's own padding, a (2k−1)^d gradient, a window per group) was a
+# third: slower than the padded copy at every shape measured with 2 threads (issue 18: 2.8×
+# the multiply-adds for k=3), and the batch chunks already bound the copy's memory; it went
+# with issue 25, so that the fixed rule chooses among forms that can win.
+WEIGHT_GRAD_FORMS = {"padded": _weight_grad_padded,
                      "block_diagonal": _weight_grad_block_diagonal}
 
 
 def weight_grad_forms(order: str) -> dict:
-    """The weight gradient's equal forms for an order (block-diagonal: group patterns)."""
+    """The weight gradient's equal forms for an order: the padded form; for a group pattern
+    also the dense block-diagonal one. A corner has one form."""
     if is_group_pattern(order):
         return WEIGHT_GRAD_FORMS
-    return {name: WEIGHT_GRAD_FORMS[name] for name in ("padded", "conv_padding")}
+    return {"padded": _weight_grad_padded}
 
 
 def _weight_grad_as_conv(inp, grad_out, weight_shape, order) -> torch.Tensor:
