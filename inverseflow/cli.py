@@ -158,13 +158,12 @@ def _bench_scaling(args) -> int:
 
 
 def _train(args) -> int:
-    from . import backends
     from .train import TrainConfig, train
 
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
     fields["progress"] = not args.quiet
-    # --benchmark, or INVERSEFLOW_BENCHMARK=1 / inverseflow.backends.benchmark (DESIGN §16)
-    fields["benchmark"] = bool(args.benchmark) or backends.benchmark
+    # --benchmark, else the process setting (INVERSEFLOW_BENCHMARK=1) (DESIGN §16)
+    fields["benchmark"] = True if args.benchmark else None
     metrics = train(TrainConfig(**fields))
     if metrics:
         print(f"test bits/dim: {metrics['initial_test_bpd']:.4f} before, "

@@ -34,21 +34,35 @@ TIE = 0.03
 
 clock = time.perf_counter   # replaced by tests to inject a timer
 
-_choices: dict[tuple, str] = {}
+_choices: dict[tuple, str] = {}        # benchmark mode's measured choices
+_rule_choices: dict[tuple, str] = {}   # the rule's, remembered: the batch-1 sampling pass
+                                       # calls this per layer, and the rule reads a few tables
 
 
 def choose(op: str, order: str, candidates: dict, *args: torch.Tensor) -> str:
     """The name of the form of ``op`` (one of :data:`._form_rules.OPS`) to run on ``args``,
     among ``candidates`` (name -> fn(*args)): the rule's, or in benchmark mode the fastest
     measured for this shape."""
-    rule = _form_rules.pick(op, order, candidates, args)
     if not backends.benchmark_active():
+        first = args[0]
+        key = (op, order, tuple(candidates), first.dtype, first.device.type,
+               *(a.shape for a in args))
+        rule = _rule_choices.get(key)
+        if rule is None:
+            rule = _rule_choices[key] = _form_rules.pick(op, order, candidates, args)
         return rule
     key = choice_key(op, order, candidates, args)
     choice = _choices.get(key)
     if choice not in candidates:   # first use of the shape
-        choice = _choices[key] = measure(candidates, args, prefer=rule)[0]
+        choice = _choices[key] = measure(
+            candidates, args, prefer=_form_rules.pick(op, order, candidates, args))[0]
     return choice
+
+
+def rules_changed() -> None:
+    """Forgets the rule's remembered picks: a fact it reads changed (a kernel was
+    specialized at run time)."""
+    _rule_choices.clear()
 
 
 def choice_key(op: str, order: str, candidates, args) -> tuple:

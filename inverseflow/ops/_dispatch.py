@@ -15,7 +15,7 @@ import functools
 
 import torch
 
-from . import _backends
+from . import _autotune, _backends
 from ._validate import check_conv_args
 
 # Shared with csrc/invconv/common.h (enum Pattern): a corner of a lower dimension is the
@@ -41,18 +41,19 @@ def register_runtime_module(device_type: str, kernel3d: tuple[int, int, int], ch
     """Routes one layer shape (its kernel as (kd, kh, kw)) on one device type to a module
     built at run time."""
     _runtime_modules[(device_type, *kernel3d, channels, pattern_code)] = module
+    _autotune.rules_changed()   # the fixed rule reads which shapes are specialized
 
 
 def is_specialized(device_type: str, kernel: tuple, channels: int, order: str,
-                   direction: int = CONV) -> bool:
+                   dtype: torch.dtype, direction: int = CONV) -> bool:
     """Whether a specialized kernel (built, or compiled at run time) serves this layer shape
     on this device type in ``direction``: a fact of the build, which the fixed rule of
     ``_form_rules`` may use (it runs no kernel and reads no clock)."""
     kd, kh, kw = (1,) * (3 - len(kernel)) + tuple(kernel)
     if (device_type, kd, kh, kw, channels, PATTERN_CODE[order]) in _runtime_modules:
         return True
-    return (kd, kh, kw, channels, PATTERN_CODE[order], direction) in _specialized_shapes(
-        device_type)
+    return (kd, kh, kw, channels, PATTERN_CODE[order], DTYPE_CODE.get(dtype),
+            direction) in _specialized_shapes(device_type)
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,8 +62,8 @@ def _specialized_shapes(device_type: str) -> frozenset:
         module = _backends.module_for(device_type)
     except RuntimeError:   # not built: nothing is specialized
         return frozenset()
-    return frozenset((e["kd"], e["kh"], e["kw"], e["channels"], e["pattern"], e["direction"])
-                     for e in module.specializations())
+    return frozenset((e["kd"], e["kh"], e["kw"], e["channels"], e["pattern"], e["dtype"],
+                      e["direction"]) for e in module.specializations())
 
 
 def set_unspecialized_hook(hook) -> None:

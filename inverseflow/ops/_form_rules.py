@@ -144,14 +144,15 @@ def describe(op: str, order: str, args) -> Case:
                 device=data.device.type, dtype=data.dtype, batch=int(data.shape[0]),
                 channels=int(data.shape[1]), positions=math.prod(int(n) for n in data.shape[2:]),
                 specialized=(kernel is not None
-                             and _specialized(data.device.type, kernel, int(data.shape[1]), order)),
+                             and _specialized(data.device.type, kernel, int(data.shape[1]), order,
+                                              data.dtype)),
                 isa=_isa())
 
 
-def _specialized(device_type: str, kernel: tuple, channels: int, order: str) -> bool:
+def _specialized(device_type: str, kernel: tuple, channels: int, order: str, dtype) -> bool:
     from . import _dispatch
 
-    return _dispatch.is_specialized(device_type, kernel, channels, order)
+    return _dispatch.is_specialized(device_type, kernel, channels, order, dtype)
 
 
 @functools.lru_cache(maxsize=None)

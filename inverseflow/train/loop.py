@@ -78,9 +78,10 @@ class TrainConfig:
     num_samples: int = 64
     temperature: float = 0.7
     resume: bool = False
-    # Equal forms chosen by timing (inverseflow.backends.benchmark) rather than by the fixed
-    # rule; the choices are saved in checkpoints so that a resume replays exactly.
-    benchmark: bool = False
+    # Equal forms chosen by timing rather than by the fixed rule (DESIGN §16); the choices
+    # are saved in checkpoints so that a resume replays exactly. None: the process setting
+    # (inverseflow.backends.benchmark, INVERSEFLOW_BENCHMARK), resolved when the run starts.
+    benchmark: bool | None = None
     progress: bool = True
     tensorboard: bool = False
 
@@ -100,8 +101,9 @@ class TrainConfig:
                 or not 0 <= self.seed <= MAX_SEED):
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED}, got "
                              f"{quote(self.seed)}")
-        if not isinstance(self.benchmark, bool):
-            raise TypeError(f"benchmark must be True or False, got {quote(self.benchmark)}")
+        if self.benchmark is not None and not isinstance(self.benchmark, bool):
+            raise TypeError(f"benchmark must be True, False or None, got "
+                            f"{quote(self.benchmark)}")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget must be positive seconds, got {self.time_budget!r}")
         if self.device not in ("cpu", "cuda"):
@@ -184,6 +186,8 @@ def train(config: TrainConfig, command_fields=None) -> dict:
     ``command_fields``: the TrainConfig fields the caller's command line sets, so that a
     refused --resume names only its flags (None: every field has a flag, as in ``train``)."""
     config.validate()
+    if config.benchmark is None:
+        config.benchmark = backends.benchmark
     device = torch.device(config.device)
     if config.tensorboard:
         preflight.check_tensorboard(config.out)
