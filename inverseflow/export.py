@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import re
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 
@@ -368,10 +368,11 @@ def export_sampler(model: ImageFlow, out, format: str | None = None, batch: int 
         program = torch.export.export(sampler, noise, dynamic_shapes=dims)
     # Written beside out under a short name of its own (out's name plus a suffix could pass
     # the file system's limit), then renamed: out is never left half-written.
-    temporary = _temporary_beside(out)
+    temporary = out.with_name(f".export-{os.getpid()}-{secrets.token_hex(4)}.{fmt}")
+    onnx_program = _to_onnx(program, noise, names) if fmt == "onnx" else None
     try:
         _write(out, temporary, lambda: torch.export.save(program, str(temporary))
-               if fmt == "pt2" else _to_onnx(program, noise, names).save(str(temporary)))
+               if fmt == "pt2" else onnx_program.save(str(temporary)))
         check = tuple(torch.randn(batch + 1 if dynamic_batch else batch, *s,
                                   dtype=model.dtype) for s in sampler.shapes)
         error = _check_parity(model, run_exported(temporary, check, fmt), check,
@@ -381,16 +382,6 @@ def export_sampler(model: ImageFlow, out, format: str | None = None, batch: int 
         temporary.unlink(missing_ok=True)
     return ExportResult(out, fmt, names, tuple(sampler.shapes), None if dynamic_batch else batch,
                         sampler.temperature, sampler.needs_inverseflow, error)
-
-
-def _temporary_beside(out: Path) -> Path:
-    try:
-        handle, name = tempfile.mkstemp(prefix=".export-", suffix=out.suffix[:16],
-                                        dir=out.parent)
-    except OSError as exc:
-        raise OSError(f"cannot write {out}: {exc.strerror or type(exc).__name__}") from None
-    os.close(handle)
-    return Path(name)
 
 
 def _write(out: Path, temporary: Path, write) -> None:

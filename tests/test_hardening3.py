@@ -271,6 +271,9 @@ def test_export_accepts_any_name_the_file_system_accepts(tmp_path):
     result = export_sampler(model, out)
     assert result.path == out and out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")                    # the permissions any new file gets here
+    assert out.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     noise = [torch.randn(1, *s) for s in noise_shapes(model)]
     assert torch.isfinite(run_exported(out, noise)).all()
 
