@@ -353,9 +353,9 @@ def export_sampler(model: ImageFlow, out, format: str | None = None, batch: int 
         raise TypeError(f"model must be an inverseflow image flow, got {type(model).__name__}")
     if fmt == "onnx":
         _onnxruntime()
+    sampler = Sampler(model, temperature, fmt)
     # Before the export (which takes a while): a folder, an unwritable place.
     out = prepare_output_file(out, "out")
-    sampler = Sampler(model, temperature, fmt)
     # A traced batch of 1 would be specialised to 1, so a dynamic batch is traced at 2 or more.
     traced = max(batch, 2) if dynamic_batch else batch
     noise = tuple(torch.randn(traced, *s, dtype=model.dtype) for s in sampler.shapes)
