@@ -7,6 +7,10 @@ import json
 import os
 import sys
 
+# Plain text: `inverseflow --help` prints it as it is (the docs' CLI page too).
+DESCRIPTION = ("The inverseflow command line: train, evaluate, sample and export normalizing "
+               "flows built on inverse convolutions, and benchmark the ops.")
+
 
 def _info(args) -> int:
     from . import info
@@ -204,16 +208,28 @@ def _eval(args) -> int:
     from .train import evaluate, load_trained
 
     from .train.preflight import check_device
+    from .train.quoting import quote
 
     check_device(args.device)   # before the checkpoint, which would be blamed otherwise
     model, state = load_trained(args.checkpoint, args.device)
-    data = load_dataset(args.dataset, args.data_dir)
+    trained_on = state["dataset"]
+    dataset = args.dataset or trained_on    # the checkpoint records its training data
+    other = "" if dataset == trained_on else (
+        f" (the checkpoint was trained on {quote(trained_on, 60)}; leave out --dataset to "
+        "evaluate on that)")
+    try:
+        data = load_dataset(dataset, args.data_dir)
+    except (ValueError, OSError) as exc:
+        if not other:
+            raise
+        raise ValueError(f"{exc}{other}") from None
     if tuple(data.image_shape) != tuple(model.image_shape):
         raise ValueError(f"the checkpoint models {tuple(model.image_shape)} images, "
-                         f"{args.dataset} has {tuple(data.image_shape)}")
+                         f"{dataset} has {tuple(data.image_shape)}{other}")
     bpd = evaluate(model, data.test, args.batch_size, limit=args.eval_limit)
     images = min(len(data.test), args.eval_limit or len(data.test))
-    print(f"test bits/dim on {args.dataset}: {bpd:.4f} ({images} images, step {state['step']})")
+    print(f"test bits/dim on {dataset}: {bpd:.4f} ({images} images, step {state['step']})"
+          f"{other}")
     return 0
 
 
@@ -257,11 +273,28 @@ def _export(args) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+def _count(text: str, least: int) -> int:
+    # A run records its counts in its checkpoint, which holds integers up to MAX_INT.
+    from .train.checkpoint import MAX_INT
+    from .train.quoting import quote
+
+    what = "a positive integer" if least == 1 else f"an integer >= {least}"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {quote(text, 60)}") from None
+    if not least <= value <= MAX_INT:
+        raise argparse.ArgumentTypeError(f"expected {what} up to {MAX_INT} (2**63-1), "
+                                         f"got {quote(text, 60)}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _count(text, 1)
+
+
+def _non_negative(text: str) -> int:
+    return _count(text, 0)
 
 
 def _positive_float(text: str) -> float:
@@ -294,7 +327,8 @@ def _add_run_options(parser: argparse.ArgumentParser, batch_size: int,
 
     parser.add_argument("--batch-size", type=_positive, default=batch_size, help="per process")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (Adam)")
-    parser.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    parser.add_argument("--warmup", type=_non_negative, default=100,
+                        help="linear warm-up steps (0: none)")
     parser.add_argument("--grad-clip", type=_positive_float, default=100.0,
                         help="clip the gradients' global 2-norm to this before each step "
                              "(default 100)")
@@ -312,7 +346,7 @@ def _add_run_options(parser: argparse.ArgumentParser, batch_size: int,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inverseflow", description=__doc__)
+    parser = argparse.ArgumentParser(prog="inverseflow", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="list the built backends and specializations")
     info.add_argument("--json", action="store_true", help="print JSON (every kernel)")
@@ -394,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="test bits/dim of a checkpoint")
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint.pt that train wrote")
-    evaluate.add_argument("--dataset", required=True,
-                          help="whose test images: digits, mnist, fashion-mnist, cifar10, ...")
+    evaluate.add_argument("--dataset",
+                          help="whose test images: digits, mnist, fashion-mnist, cifar10, ... "
+                               "(default: the dataset the checkpoint was trained on)")
     evaluate.add_argument("--data-dir", help="folder holding the dataset files (cifar10, imagenet*)")
     evaluate.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                           help="where to evaluate")

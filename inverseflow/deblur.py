@@ -23,9 +23,11 @@ unknown causal kernel from one (sharp, blurred) pair by gradient descent on
 blur is dominated by its leading tap, ``ρ = Σ_{t≠0} |k_t / k₀| < 1`` (the limits guide's bound,
 :func:`stability_ratio`). A blur that is not (a centred Gaussian moved to a corner has a
 tiny leading tap) grows exponentially across the image. :func:`deblur` never returns that
-silently: it bounds the growth ``max|x| / max|y|`` (the statistic training logs) over every
-image of the size at hand, by ρ when ρ < 1, else exactly (:func:`inverse_gain`, one more
-solve), and raises :class:`UnstableBlurError` past ``max_growth`` (default 1e4).
+silently: it bounds the growth ``max|x| / max|y|`` (the statistic training logs) of the
+inverse of the kernel's shape ``kernel / k₀`` over every image of the size at hand, by ρ
+when ρ < 1, else exactly (:func:`inverse_gain`, one more solve), and raises
+:class:`UnstableBlurError` past ``max_growth`` (default 1e4). The overall gain ``1/k₀``
+scales signal and noise alike, so it is judged apart: only one that overflows is refused.
 
 Images are float tensors whose last two dimensions are (H, W); every leading index (batch,
 colour channel) is an independent plane blurred by the same 2-D kernel.
@@ -185,9 +187,12 @@ def deblur(blurred: Tensor, kernel: Tensor, order: str = "TL", *,
     Exact up to rounding for a stable blur, and differentiable in ``blurred`` and
     ``kernel`` (the paper's parallel backward).
 
-    Before returning, it bounds the inverse's growth ``max|x| / max|y|`` on every image of
-    this size: by the stability bound ``1 / (|k₀| (1 − ρ))`` when ρ < 1 (free), else by
-    the exact :func:`inverse_gain` (one more solve of one plane). Past ``max_growth``
+    Before returning, it bounds the growth ``max|x| / max|y|`` of the inverse of the
+    kernel's shape ``kernel / k₀`` on every image of this size: by the stability bound
+    ``1 / (1 − ρ)`` when ρ < 1 (free), else by the exact :func:`inverse_gain` of
+    ``kernel / k₀`` (one more solve of one plane). The overall gain ``1/k₀`` multiplies
+    signal and noise alike, so it is left out (a kernel scaled by 1e-5 restores exactly);
+    only a gain that overflows the image's dtype is refused. Past ``max_growth``
     (default 1e4, the growth training warns at) the restoration amplifies noise and
     rounding that much, so it is garbage: ``on_unstable="raise"`` (default) raises
     :class:`UnstableBlurError` (a ValueError); ``"warn"`` returns it with a
@@ -203,22 +208,43 @@ def deblur(blurred: Tensor, kernel: Tensor, order: str = "TL", *,
     if on_unstable not in ("raise", "warn"):
         raise ValueError(f"on_unstable must be 'raise' or 'warn', got {on_unstable!r}")
     size = tuple(blurred.shape[-2:])
-    rho = stability_ratio(kernel.detach(), order)
     k0 = leading_tap(kernel, order)
-    bound = 1 / (abs(float(k0.detach())) * (1 - rho)) if rho < 1 else math.inf
-    gain = bound if bound <= max_growth else inverse_gain(kernel, size, order)
-    if not gain <= max_growth:
-        message = (f"kernel is not dominated by its leading tap (ρ = Σ|k_t/k₀| = {rho:.3g}; "
-                   f"stable at every size below 1): on a {size[0]}x{size[1]} image its causal "
-                   f"inverse can amplify {gain:.3g}x (max|x|/max|y|), past max_growth="
-                   f"{max_growth:.3g}, so the restoration would be garbage; anchor the kernel "
-                   f"at the corner of its largest tap (order), or use a regularised "
-                   f"deconvolution (docs/guides/deblurring.md)")
+    message = _instability(kernel.detach(), float(k0.detach()), order, size, max_growth,
+                           blurred.dtype)
+    if message is not None:
         if on_unstable == "raise":
             raise UnstableBlurError(message)
         warnings.warn(message, BlurStabilityWarning, stacklevel=2)
     restored = inv_conv2d(_planes(blurred) / k0, (kernel / k0)[None, None], order)
     return restored.reshape(blurred.shape)
+
+
+def _instability(kernel: Tensor, k0: float, order: str, size: tuple, max_growth: float,
+                 dtype: torch.dtype) -> str | None:
+    """Why :func:`deblur` of this kernel would be garbage, or None.
+
+    Stability is judged on the kernel's shape, ``kernel / k₀`` (whose leading tap is 1):
+    the overall gain ``1/k₀`` scales the restoration, signal and noise alike, so it does
+    not change its relative error, and a kernel scaled by 1e-5 restores as well as the
+    kernel itself. Only a gain that overflows ``dtype`` is refused for its own sake."""
+    rho = stability_ratio(kernel, order)
+    bound = 1 / (1 - rho) if rho < 1 else math.inf      # the shape's growth, by ρ
+    growth = bound if bound <= max_growth else inverse_gain(kernel / k0, size, order)
+    if not growth <= max_growth:
+        dominance = (f"is not dominated by its leading tap (ρ = Σ|k_t/k₀| = {rho:.3g}, "
+                     "at least 1)" if rho >= 1 else
+                     f"is only barely dominated by its leading tap (ρ = Σ|k_t/k₀| = "
+                     f"{rho:.3g}, close to 1)")
+        return (f"kernel {dominance}: on a {size[0]}x{size[1]} image the causal inverse of "
+                f"kernel/k₀ can amplify {growth:.3g}x (max|x|/max|y|, before the overall "
+                f"gain 1/k₀), past max_growth={max_growth:.3g}, so the restoration would be "
+                f"garbage; anchor the kernel at the corner of its largest tap (order), or use "
+                f"a regularised deconvolution (docs/guides/deblurring.md)")
+    if not abs(1 / k0) <= torch.finfo(dtype).max:
+        return (f"kernel's overall gain 1/k₀ = 1/{k0:.3g} overflows {dtype}: its shape "
+                f"kernel/k₀ is stable (ρ = {rho:.3g}), but dividing the image by k₀ gives inf; "
+                "rescale the kernel and the image together")
+    return None
 
 
 # ------------------------------------------------------------------ calibration

@@ -24,6 +24,8 @@ import dataclasses
 import logging
 import math
 import os
+import re
+import secrets
 import warnings
 from pathlib import Path
 
@@ -40,6 +42,8 @@ from .nn import (ActNorm, AffineCoupling, ConvExp2d, Dequantize, EmergingConv2d,
                  InvertibleConv1x1, LogitTransform, SmoothLeakyReLU, SplineActivation, Split,
                  Squeeze)
 from .ops._geometry import causal_conv, masked_weight
+from .train.preflight import prepare_output_file
+from .train.quoting import clip
 
 FORMATS = ("pt2", "onnx")
 # The largest |exported − decode| / max |decode| accepted (float32 rounding, with room).
@@ -283,7 +287,7 @@ class Sampler(nn.Module):
                               "model.initialize(batch) before exporting")
         self.needs_inverseflow = _make_exportable(flow, fmt, flow.dtype)
         self.flow = flow
-        self.temperature = check_temperature(temperature)
+        self.temperature = check_temperature(temperature, dtype=flow.dtype)
 
     def forward(self, *noise):
         """Images (B, C, H, W) in [0, 1] from one standard-normal tensor per latent,
@@ -350,6 +354,8 @@ def export_sampler(model: ImageFlow, out, format: str | None = None, batch: int 
     if fmt == "onnx":
         _onnxruntime()
     sampler = Sampler(model, temperature, fmt)
+    # Before the export (which takes a while): a folder, an unwritable place.
+    out = prepare_output_file(out, "out")
     # A traced batch of 1 would be specialised to 1, so a dynamic batch is traced at 2 or more.
     traced = max(batch, 2) if dynamic_batch else batch
     noise = tuple(torch.randn(traced, *s, dtype=model.dtype) for s in sampler.shapes)
@@ -360,22 +366,36 @@ def export_sampler(model: ImageFlow, out, format: str | None = None, batch: int 
     names = tuple(f"noise_{i}" for i in range(len(noise)))
     with torch.no_grad():
         program = torch.export.export(sampler, noise, dynamic_shapes=dims)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.tmp{os.getpid()}{out.suffix}")
+    # Written beside out under a short name of its own (out's name plus a suffix could pass
+    # the file system's limit), then renamed: out is never left half-written.
+    temporary = out.with_name(f".export-{os.getpid()}-{secrets.token_hex(4)}.{fmt}")
+    onnx_program = _to_onnx(program, noise, names) if fmt == "onnx" else None
     try:
-        if fmt == "pt2":
-            torch.export.save(program, str(temporary))
-        else:
-            _to_onnx(program, noise, names).save(str(temporary))
+        _write(out, temporary, lambda: torch.export.save(program, str(temporary))
+               if fmt == "pt2" else onnx_program.save(str(temporary)))
         check = tuple(torch.randn(batch + 1 if dynamic_batch else batch, *s,
                                   dtype=model.dtype) for s in sampler.shapes)
         error = _check_parity(model, run_exported(temporary, check, fmt), check,
                               sampler.temperature, out)
-        os.replace(temporary, out)
+        _write(out, temporary, lambda: os.replace(temporary, out))
     finally:
         temporary.unlink(missing_ok=True)
     return ExportResult(out, fmt, names, tuple(sampler.shapes), None if dynamic_batch else batch,
                         sampler.temperature, sampler.needs_inverseflow, error)
+
+
+def _write(out: Path, temporary: Path, write) -> None:
+    """``write()``, whose failures are reported as writing ``out`` (the user's path), not
+    ``temporary``, with the cause (torch's writer raises a C++ ``enforce fail``)."""
+    try:
+        write()
+    except OSError as exc:
+        raise OSError(f"cannot write {out}: {exc.strerror or type(exc).__name__}") from None
+    except RuntimeError as exc:
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        cause = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", cause)
+        cause = cause.replace(str(temporary), str(out)).replace(temporary.name, out.name)
+        raise OSError(f"cannot write {out}: {clip(cause, 200)} (is the disk full?)") from None
 
 
 def _check_parity(model, got, noise, temperature: float, out) -> float:
@@ -385,6 +405,15 @@ def _check_parity(model, got, noise, temperature: float, out) -> float:
     float32 programs differ as much): then ``got`` must be as close to the float64 decode as
     the model's own float32 decode is, within twice its error (STYLE 14)."""
     expected = reference_images(model, noise, temperature)
+    # NaN compares as "no error" with NaN (and the images are clamped, so inf is gone):
+    # a check that meets a non-finite value cannot vouch for the file.
+    broken = [what for what, images in (("the exported sampler", got),
+                                        ("the model's own decode", expected))
+              if not torch.isfinite(images).all()]
+    if broken:
+        raise ExportError(f"{' and '.join(broken)} returned NaN or inf on standard-normal "
+                          f"noise at temperature {temperature:g}, so the export cannot be "
+                          f"checked (are the model's weights finite?); {out} was not written")
     error = max_rel_error(got, expected)
     if error <= TOLERANCE:
         return error

@@ -9,6 +9,7 @@ it cannot drift from the code.
 from __future__ import annotations
 
 import argparse
+import re
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -45,6 +46,19 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("*", "\\*").replace("`", "\\`").replace("|", "\\|")
 
 
+# A flag named in prose ("except --checkpoint-every"): not inside a word ("2-D", "x-axis").
+_FLAG = re.compile(r"(?<![\w-])--?[A-Za-z][\w-]*")
+
+
+def _prose(text: str) -> str:
+    """Plain help text as reST: markup characters kept literal, and every flag it names
+    set as a literal, so that the site's smart quotes cannot turn ``--device`` into an
+    en-dash and "device" (a flag that search and copy would then miss). The escaped
+    spaces around a literal let it touch any neighbour ("(--x", "--x's")."""
+    text = _FLAG.sub(lambda flag: f"\\ {_literal(flag.group())}\\ ", _escape(text.strip()))
+    return text.removesuffix("\\ ")
+
+
 def _signature(action: argparse.Action) -> str:
     if not action.option_strings:
         return _literal(action.metavar or action.dest)
@@ -68,7 +82,7 @@ def _details(parser: argparse.ArgumentParser, action: argparse.Action,
              exclusive: dict[int, list[str]]) -> str:
     # The formatter expands %(default)s and friends exactly as `-h` shows them.
     help_text = parser._get_formatter()._expand_help(action) if action.help else ""
-    parts = [_sentence(_escape(help_text))] if help_text else []
+    parts = [_sentence(_prose(help_text))] if help_text else []
     if action.choices is not None:
         parts.append("One of " + ", ".join(_literal(str(c)) for c in action.choices) + ".")
     if action.required:
@@ -93,13 +107,13 @@ def _exclusive_partners(parser: argparse.ArgumentParser) -> dict[int, list[str]]
 def render(parser: argparse.ArgumentParser) -> list[str]:
     """reST lines: one section per subcommand with its usage and every argument."""
     prog = parser.prog
-    lines = [parser.description or "", "", ".. code-block:: text", ""]
+    lines = [_prose(parser.description or ""), "", ".. code-block:: text", ""]
     lines += ["   " + line for line in parser.format_usage().strip().splitlines()]
     lines.append("")
     helps = subcommand_help(parser)
     for name, sub in subcommands(parser).items():
         title = f"{prog} {name}"
-        lines += [title, "-" * len(title), "", _sentence(_escape(helps.get(name, ""))), "",
+        lines += [title, "-" * len(title), "", _sentence(_prose(helps.get(name, ""))), "",
                   ".. code-block:: text", ""]
         lines += ["   " + line for line in sub.format_usage().strip().splitlines()]
         lines.append("")

@@ -108,6 +108,6 @@ class ImageFlow(nn.Module):
         ``n`` is any integer-like count ≥ 1 and ``temperature`` a finite positive number
         (``ValueError``/``TypeError`` otherwise); ``generator`` makes it reproducible."""
         n = positive_count(n, "n")
-        temperature = check_temperature(temperature)
+        temperature = check_temperature(temperature, dtype=self.dtype)
         z = torch.randn(n, self.dim, generator=generator, device=self.device) * temperature
         return self.decode(z.to(self.dtype)).clamp(0, 1)

@@ -65,8 +65,10 @@ def positive_count(value, name: str) -> int:
     return positive_int(value, name)
 
 
-def check_temperature(temperature, name: str = "temperature") -> float:
-    """A finite, positive real number (the latent's standard deviation scale)."""
+def check_temperature(temperature, name: str = "temperature",
+                      dtype: torch.dtype | None = None) -> float:
+    """A finite, positive real number (the latent's standard deviation scale); with
+    ``dtype``, also finite and positive once rounded to it (the model's dtype)."""
     if isinstance(temperature, bool):
         raise TypeError(f"{name} must be a positive number, got {temperature!r}")
     try:
@@ -76,4 +78,9 @@ def check_temperature(temperature, name: str = "temperature") -> float:
                         f"{temperature!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be finite and positive, got {temperature!r}")
+    if dtype is not None and dtype.is_floating_point:
+        info = torch.finfo(dtype)
+        if not info.tiny <= value <= info.max:
+            raise ValueError(f"{name} must be representable in the model's dtype {dtype} "
+                             f"(from {info.tiny:.3g} to {info.max:.3g}), got {temperature!r}")
     return value

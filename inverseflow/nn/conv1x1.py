@@ -56,7 +56,8 @@ class InvertibleConv1x1(nn.Module):
         with full_precision(z):
             # Sampling needs no derivative: the inverse is then computed once per version
             # of the parameters (an LU product and an inversion per call before).
-            sources = (self.lower, self.upper, self.log_s, self.perm, self.sign_s)
+            sources = (self.lower, self.upper, self.log_s, self.perm, self.sign_s,
+                       self.lower_mask)   # every tensor matrix() reads
             w_inv = _weight_cache.derived(
                 "conv1x1_inverse", sources, lambda: torch.linalg.inv(self.matrix())[:, :, None, None])
             return F.conv2d(z, w_inv)

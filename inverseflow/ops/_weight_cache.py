@@ -8,6 +8,14 @@ same version counter (every in-place update bumps it, so optimizer steps and
 exactly that), so a snapshot of each source is compared too. The sources are weights
 (C×C×k×k at most), so the comparison is one small op where the derived value costs
 several (block-diagonal and embedded weights, the 1×1 inverse).
+
+A cached value is always an ordinary tensor: one computed inside ``torch.inference_mode``
+is computed with inference mode off (its sources are ordinary tensors), so that a later
+call outside inference mode can save it for backward. Nothing is cached, or served, under
+``torch.jit.trace``, ``torch.compile``, torch.func transforms, for tensor subclasses or
+inference-tensor sources, or while a derivative is recorded (:func:`cacheable`): a trace
+must record the computation, not bake a value in as a constant. docs/guides/limits.md
+states this for users.
 """
 
 from __future__ import annotations
@@ -25,10 +33,14 @@ def _stamp(t: torch.Tensor) -> tuple:
 
 
 def plain_eager(*tensors: torch.Tensor) -> bool:
-    """No derivative to record (no graph, no forward-mode tangent), no tracing, no
-    torch.func transform, and plain tensors (no subclass such as a fake tensor)."""
+    """No derivative to record (no graph, no forward-mode tangent), no tracing (Dynamo or
+    ``torch.jit.trace``), no torch.func transform, and plain tensors (no subclass such as
+    a fake tensor). The callers take their fast forms (compiled kernels writing into
+    preallocated outputs, cached weights) only then: ``torch.jit.trace`` records torch ops
+    alone, so a kernel's output would be traced as the ``empty_like`` it was written into."""
     # Tracing first: Dynamo must not meet the C-level queries below (graph breaks).
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active()):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
@@ -56,7 +68,10 @@ def derived(tag, tensors: tuple, compute):
         if (all(r() is t for r, t in zip(refs, tensors)) and old_stamps == stamps
                 and all(torch.equal(s, t) for s, t in zip(snapshots, tensors))):
             return value
-    with torch.no_grad():
+    # Inference mode off: a value made under it would be an inference tensor, which a later
+    # call outside inference mode cannot save for backward (the sources are not inference
+    # tensors here, so this computes from ordinary tensors into ordinary tensors).
+    with torch.inference_mode(False), torch.no_grad():
         value = compute()
         snapshots = tuple(t.detach().clone() for t in tensors)
     _entries[key] = (tuple(weakref.ref(t) for t in tensors), stamps, snapshots, value)

@@ -124,6 +124,9 @@ def check_archive(path) -> int:
 # ints and strings (ours are step counts, sizes and file paths).
 _MAX_DEPTH = 12
 _MAX_INT_BITS = 63
+# The largest integer a checkpoint holds: every count that a run records (steps, batch
+# size, ...) is bounded by it where it is read, so that no run writes a file it refuses.
+MAX_INT = 2**_MAX_INT_BITS - 1
 _MAX_STRING = 4096
 
 

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from .. import backends
 from ..ops import _autotune
 from . import distributed
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
-                         save_json)
+from .checkpoint import (CHECKPOINT_NAME, MAX_INT, CheckpointError, load_checkpoint,
+                         save_checkpoint, save_json)
 from ..data import DATASETS, load_dataset
 from ..models import build_model, from_preset, size
 from ..models.timing import placement_timings
@@ -88,11 +88,15 @@ class TrainConfig:
     def validate(self) -> None:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps or epochs")
-        for name in ("steps", "epochs", "batch_size", "checkpoint_every", "eval_batch_size",
-                     "eval_limit", "num_samples", "decay_steps"):
+        # Counts are recorded in the checkpoint, which holds integers up to MAX_INT.
+        for name, least in (("steps", 1), ("epochs", 1), ("batch_size", 1),
+                            ("checkpoint_every", 1), ("eval_batch_size", 1), ("eval_limit", 1),
+                            ("num_samples", 1), ("decay_steps", 1), ("warmup", 0)):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not least <= value <= MAX_INT):
+                what = "a positive integer" if least == 1 else f"an integer >= {least}"
+                raise ValueError(f"{name} must be {what} up to {MAX_INT}, got {quote(value)}")
         for name in ("lr", "lr_final", "temperature", "grad_clip"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -428,6 +432,7 @@ def restore_model(state: dict, path, device="cpu"):
 
 
 def _check_tensor_shapes(expected: dict, weights: dict) -> None:
+    """The file's tensors have the names, shapes and dtypes of the model's."""
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     if missing or unexpected:
@@ -438,6 +443,11 @@ def _check_tensor_shapes(expected: dict, weights: dict) -> None:
         if tuple(tensor.shape) != tuple(weights[key].shape):
             raise ValueError(f"{quote(key)} has shape {tuple(weights[key].shape)} in the file, "
                              f"but {tuple(tensor.shape)} in the model its config builds")
+        # load_state_dict would cast, and a cast can overflow what the file's finiteness
+        # check passed (1e300 in float64 is inf in float32): the dtypes must match.
+        if tensor.dtype != weights[key].dtype:
+            raise ValueError(f"{quote(key)} is {weights[key].dtype} in the file, but "
+                             f"{tensor.dtype} in the model its config builds")
 
 
 def load_trained(checkpoint: str, device: str = "cpu"):

@@ -34,9 +34,10 @@ import torch
 
 from ..data import load_dataset
 from ..models.timing import timings_ms
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import MAX_INT, CheckpointError, load_checkpoint
 from .experiments import EXPERIMENTS
 from .loop import load_trained
+from .quoting import quote
 
 REMEASURED = "remeasured.json"
 
@@ -80,8 +81,9 @@ def plan(runs: Path, steps: int) -> dict[str, str]:
     steps: ``"train"`` (no run yet), ``"resume"`` (a checkpoint short of ``steps``, finished
     or not: an exact ``--resume`` extends it) or ``"done"`` (finished at ``steps``). Raises
     ValueError naming every row that cannot get there, before anything is trained."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"STEPS must be a positive integer, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_INT:
+        # A run records its steps in its checkpoint, which holds integers up to MAX_INT.
+        raise ValueError(f"STEPS must be a positive integer up to {MAX_INT}, got {quote(steps)}")
     actions, problems = {}, []
     for name in EXPERIMENTS:
         run = runs / name
@@ -290,10 +292,20 @@ def markdown(runs: Path, wall_seconds: float | None = None, command: str | None 
     return "\n".join(lines) + "\n"
 
 
+def _steps(text: str) -> int:
+    """STEPS as given to scripts/paper_tables.sh: refused in one line (exit 2), like every
+    other problem of the plan, rather than with argparse's usage text."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"STEPS must be a positive integer up to {MAX_INT}, got "
+                         f"{quote(text)}") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", help="folder holding one run folder per experiment")
-    parser.add_argument("--plan", type=int, metavar="STEPS",
+    parser.add_argument("--plan", metavar="STEPS",
                         help="print what each row needs to reach exactly STEPS steps (train, "
                              "resume or done), or refuse; writes nothing")
     parser.add_argument("--out", help="markdown file to write (required without --plan)")
@@ -310,7 +322,7 @@ def main(argv=None) -> int:
     runs = Path(args.runs)
     try:
         if args.plan is not None:
-            for name, action in plan(runs, args.plan).items():
+            for name, action in plan(runs, _steps(args.plan)).items():
                 print(name, action)
             return 0
         if args.remeasure:
