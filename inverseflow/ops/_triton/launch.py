@@ -1,0 +1,174 @@
+"""Prepares the matrices of one layer and launches :mod:`.kernels` (DESIGN §18).
+
+The host side of the Triton backend, called by :func:`inverseflow.ops._dispatch.solve`
+only. It folds the weight into the form the program walks (see :mod:`.kernels`): per
+channel group a centre matrix ``B`` (CG×CG) and one matrix ``A_t`` per tap, in float64 and
+then cast to the data's dtype (the weight is tiny next to the data). The mask is applied
+with ``where``, so NaN or garbage stored at masked entries never reaches a result.
+
+Tiles (``samples``, ``BLOCK_P``; ``BLOCK_C`` and warps come from the launch table that
+``python -m codegen`` writes into ``generated/triton/``, or the generic rule below):
+- ``BLOCK_C``: the group's channels rounded up to a power of two, at most 32, so a tile
+  ``BLOCK_P × BLOCK_C`` of partial sums stays in registers; more channels loop over blocks.
+- ``BLOCK_P``: the lanes of one hyperplane (or of the whole volume, for the conv), rounded
+  up to a power of two and capped so a tile holds at most 4096 values on a GPU.
+- ``samples``: small images leave most lanes of a hyperplane empty, so a program takes
+  several samples until it has about one warp of lanes (32). The interpreter pays per
+  program and per block operation, not per lane, so there a program takes as many samples
+  as fill 1024 lanes.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from .._validate import CORNERS_BY_DIMS, GROUP_PATTERN
+
+SOLVE, TRANSPOSED, CONV = 0, 1, 2
+DIRECTION_NAMES = ("solve", "transposed", "conv")
+DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+GPU_TILE = 4096
+INTERPRETER_LANES = 1024
+WARP_LANES = 32
+
+
+def interpreting() -> bool:
+    """Whether Triton runs its programs in the numpy interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def launch_table() -> dict:
+    """The generated launch table: ``(dims, kernel, group channels, dtype, direction)`` ->
+    constexprs. It is looked for inside the package (a wheel) and then in the checkout's
+    ``generated/triton/`` (an editable install)."""
+    here = Path(__file__).resolve().parent
+    for path in (here / "generated" / "launch_table.py",
+                 here.parents[2] / "generated" / "triton" / "launch_table.py"):
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("inverseflow_triton_launch_table",
+                                                          path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return dict(module.LAUNCH_TABLE)
+    return {}
+
+
+def generic_tiles(group_channels: int) -> dict:
+    """The generic kernel's channel block and warps (the rule codegen applies per spec)."""
+    block_c = min(triton_next_pow2(group_channels), 32)
+    return {"BLOCK_C": block_c, "num_warps": 4 if block_c >= 16 else 2}
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def corner_bits(order: str, dims: int) -> list[int]:
+    """Per group: bit 2 far depth, bit 1 far height, bit 0 far width. Group g of the group
+    pattern is solved from corner g, whose bits are g itself (_validate.CORNERS_BY_DIMS)."""
+    if order == GROUP_PATTERN[dims]:
+        return list(range(2 ** dims))
+    return [CORNERS_BY_DIMS[dims].index(order)]
+
+
+def prepare(weight: torch.Tensor, order: str, dims: int, direction: int, dtype):
+    """``(B, A, corners)`` for the program: B (G, CG, CG), A (G, taps, CG, CG) with the
+    centre tap zero, corners int32 (G,)."""
+    corners = corner_bits(order, dims)
+    groups = len(corners)
+    channels, group_channels = weight.shape[0], weight.shape[1]
+    kernel = (1,) * (3 - dims) + tuple(weight.shape[2:])
+    w = weight.detach().to(torch.float64).reshape(groups, group_channels, group_channels,
+                                                  *kernel)
+    taps = kernel[0] * kernel[1] * kernel[2]
+    eye = torch.eye(group_channels, dtype=torch.float64, device=weight.device)
+    strictly_lower = torch.ones_like(eye, dtype=torch.bool).tril(-1)
+    centres, tap_mats = [], []
+    for g, bits in enumerate(corners):
+        far = ((bits >> 2) & 1, (bits >> 1) & 1, bits & 1)
+        centre_index = tuple(0 if f else k - 1 for f, k in zip(far, kernel))
+        wg = w[g]
+        lower = torch.where(strictly_lower, wg[(slice(None), slice(None)) + centre_index], eye)
+        # (co, ci, kd, kh, kw) -> (taps, co, ci), the centre tap zeroed (never multiplied:
+        # NaN × 0 would be NaN).
+        per_tap = wg.permute(2, 3, 4, 0, 1).reshape(taps, group_channels, group_channels)
+        centre_flat = (centre_index[0] * kernel[1] + centre_index[1]) * kernel[2] + centre_index[2]
+        keep = torch.ones(taps, 1, 1, dtype=torch.bool, device=weight.device)
+        keep[centre_flat] = False
+        per_tap = torch.where(keep, per_tap, 0.0)
+        if direction == CONV:
+            centres.append(lower)
+            tap_mats.append(per_tap)
+            continue
+        inverse = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+        if direction == SOLVE:
+            centres.append(inverse)
+            tap_mats.append(-(inverse @ per_tap))
+        else:
+            # Tᵀ reads the opposite neighbours with transposed matrices: the solve from the
+            # opposite corner, each axis's taps reversed.
+            reversed_taps = per_tap.reshape(*kernel, group_channels, group_channels).flip(
+                0, 1, 2).reshape(taps, group_channels, group_channels)
+            inverse_t = inverse.transpose(0, 1)
+            centres.append(inverse_t)
+            tap_mats.append(-(inverse_t @ reversed_taps.transpose(1, 2)))
+    if direction == TRANSPOSED:
+        corners = [bits ^ 0b111 for bits in corners]
+    centre = torch.stack(centres).to(dtype).contiguous()
+    tap_matrix = torch.stack(tap_mats).to(dtype).contiguous()
+    corner = torch.tensor(corners, dtype=torch.int32, device=weight.device)
+    return centre, tap_matrix, corner
+
+
+def tiles(lanes_per_sample: int, batch: int, block_c: int) -> tuple[int, int]:
+    """``(samples per program, BLOCK_P)`` for a walk whose step has ``lanes_per_sample``
+    lanes per sample (see the module docstring)."""
+    want = INTERPRETER_LANES if interpreting() else WARP_LANES
+    samples = max(1, min(batch, want // max(lanes_per_sample, 1)))
+    cap = INTERPRETER_LANES if interpreting() else max(16, GPU_TILE // block_c)
+    return samples, min(triton_next_pow2(samples * lanes_per_sample), cap)
+
+
+def run(y: torch.Tensor, weight: torch.Tensor, order: str, direction: int, dims: int,
+        force_generic: bool = False) -> tuple[torch.Tensor, str]:
+    """The Triton walk on contiguous ``y`` (rank dims + 2); returns ``(out, kernel name)``."""
+    from . import kernels
+
+    batch, channels = y.shape[:2]
+    depth, height, width = (1,) * (3 - dims) + tuple(y.shape[2:])
+    kernel = (1,) * (3 - dims) + tuple(weight.shape[2:])
+    group_channels = weight.shape[1]
+    groups = channels // group_channels
+    centre, tap_matrix, corner = prepare(weight, order, dims, direction, y.dtype)
+    out = torch.empty_like(y, memory_format=torch.contiguous_format)
+    key = (dims, tuple(weight.shape[2:]), group_channels, DTYPE_NAMES[y.dtype],
+           DIRECTION_NAMES[direction])
+    entry = None if force_generic else launch_table().get(key)
+    recurrent = direction != CONV
+    lanes_per_sample = depth * height if recurrent else depth * height * width
+    config = entry or generic_tiles(group_channels)
+    samples, block_p = tiles(lanes_per_sample, batch, config["BLOCK_C"])
+    grid = (triton_cdiv(batch, samples), groups)
+    src = out if recurrent else y
+    common = (out, src, y, centre, tap_matrix, corner, batch, channels, depth, height, width,
+              samples)
+    if entry is not None:
+        kernels.walk_specialized[grid](*common, KD=kernel[0], KH=kernel[1], KW=kernel[2],
+                                       CG=group_channels, RECURRENT=recurrent,
+                                       BLOCK_P=block_p, BLOCK_C=entry["BLOCK_C"],
+                                       num_warps=entry["num_warps"])
+        return out, f"triton:{entry['name']}"
+    kernels.walk_generic[grid](*common, *kernel, group_channels, RECURRENT=recurrent,
+                               BLOCK_P=block_p, BLOCK_C=config["BLOCK_C"],
+                               num_warps=config["num_warps"])
+    return out, "triton:generic"
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
