@@ -8,10 +8,11 @@ size. Each entry is one constexpr specialization of ``walk_specialized``; every 
 runs ``walk_generic``, whose kernel sizes and channels are run-time values.
 
 Tile choices per entry (written into the table, read by ``_triton/launch.py``):
-- ``BLOCK_C``: the group channels rounded up to a power of two, at most 32. A program keeps
-  a ``BLOCK_P × BLOCK_C`` tile of partial sums in registers; 32 channels × 128 lanes is
-  4096 values, 32 registers a thread at 4 warps (float32). More channels loop over blocks.
-- ``num_warps``: 2 below 16 channels (the tile is small: 4 or 8 channels), else 4.
+- ``BLOCK_C``: the group channels rounded up to a power of two, at most 32. A step forms
+  the product tile lanes × output channels × input channels and sums the input channels
+  away; launch.py caps the lanes so that the tile holds at most 8192 values (64 registers
+  a thread at 4 warps). More channels loop over blocks.
+- ``num_warps``: 2 below 16 channels (4 or 8 channels make small tiles), else 4.
 - ``BLOCK_P`` is not a spec constant: it follows the image (the lanes of one hyperplane),
   chosen at launch.
 """

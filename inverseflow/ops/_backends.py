@@ -33,7 +33,8 @@ def _import(name: str):
 def cpu_module():
     module, error = _import("_cpu")
     if module is None:
-        raise RuntimeError(f"inverseflow's CPU kernels are not built ({error}); {REBUILD_HINT}")
+        raise RuntimeError(f"inverseflow's CPU kernels are not built ({error}); {REBUILD_HINT}. "
+                           f"Without a C++ build, {BACKEND_ENV}=triton runs the ops on a GPU")
     return module
 
 

@@ -8,10 +8,12 @@ with ``where``, so NaN or garbage stored at masked entries never reaches a resul
 
 Tiles (``samples``, ``BLOCK_P``; ``BLOCK_C`` and warps come from the launch table that
 ``python -m codegen`` writes into ``generated/triton/``, or the generic rule below):
-- ``BLOCK_C``: the group's channels rounded up to a power of two, at most 32, so a tile
-  ``BLOCK_P × BLOCK_C`` of partial sums stays in registers; more channels loop over blocks.
+- ``BLOCK_C``: the group's channels rounded up to a power of two, at most 32 (more
+  channels loop over blocks of output and of input channels).
 - ``BLOCK_P``: the lanes of one hyperplane (or of the whole volume, for the conv), rounded
-  up to a power of two and capped so a tile holds at most 4096 values on a GPU.
+  up to a power of two and capped on a GPU so that the product tile
+  ``BLOCK_P × BLOCK_C × BLOCK_C`` (lanes × output × input channels, summed over the input
+  channels) holds at most 8192 values: 512 lanes at 4 channels, 32 at 16, 8 at 32.
 - ``samples``: small images leave most lanes of a hyperplane empty, so a program takes
   several samples until it has about one warp of lanes (32). The interpreter pays per
   program and per block operation, not per lane, so there a program takes as many samples
@@ -32,7 +34,7 @@ from .._validate import CORNERS_BY_DIMS, GROUP_PATTERN
 SOLVE, TRANSPOSED, CONV = 0, 1, 2
 DIRECTION_NAMES = ("solve", "transposed", "conv")
 DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
-GPU_TILE = 4096
+GPU_TILE = 8192
 INTERPRETER_LANES = 1024
 WARP_LANES = 32
 
@@ -131,22 +133,17 @@ def tiles(lanes_per_sample: int, batch: int, block_c: int) -> tuple[int, int]:
     lanes per sample (see the module docstring)."""
     want = INTERPRETER_LANES if interpreting() else WARP_LANES
     samples = max(1, min(batch, want // max(lanes_per_sample, 1)))
-    cap = INTERPRETER_LANES if interpreting() else max(16, GPU_TILE // block_c)
+    cap = INTERPRETER_LANES if interpreting() else max(4, GPU_TILE // (block_c * block_c))
     return samples, min(triton_next_pow2(samples * lanes_per_sample), cap)
 
 
 def run(y: torch.Tensor, weight: torch.Tensor, order: str, direction: int, dims: int,
         force_generic: bool = False) -> tuple[torch.Tensor, str]:
     """The Triton walk on contiguous ``y`` (rank dims + 2); returns ``(out, kernel name)``."""
-    from . import kernels
-
     batch, channels = y.shape[:2]
     depth, height, width = (1,) * (3 - dims) + tuple(y.shape[2:])
-    kernel = (1,) * (3 - dims) + tuple(weight.shape[2:])
     group_channels = weight.shape[1]
-    groups = channels // group_channels
     centre, tap_matrix, corner = prepare(weight, order, dims, direction, y.dtype)
-    out = torch.empty_like(y, memory_format=torch.contiguous_format)
     key = (dims, tuple(weight.shape[2:]), group_channels, DTYPE_NAMES[y.dtype],
            DIRECTION_NAMES[direction])
     entry = None if force_generic else launch_table().get(key)
@@ -154,21 +151,46 @@ def run(y: torch.Tensor, weight: torch.Tensor, order: str, direction: int, dims:
     lanes_per_sample = depth * height if recurrent else depth * height * width
     config = entry or generic_tiles(group_channels)
     samples, block_p = tiles(lanes_per_sample, batch, config["BLOCK_C"])
-    grid = (triton_cdiv(batch, samples), groups)
-    src = out if recurrent else y
-    common = (out, src, y, centre, tap_matrix, corner, batch, channels, depth, height, width,
-              samples)
-    if entry is not None:
-        kernels.walk_specialized[grid](*common, KD=kernel[0], KH=kernel[1], KW=kernel[2],
-                                       CG=group_channels, RECURRENT=recurrent,
-                                       BLOCK_P=block_p, BLOCK_C=entry["BLOCK_C"],
-                                       num_warps=entry["num_warps"])
-        return out, f"triton:{entry['name']}"
-    kernels.walk_generic[grid](*common, *kernel, group_channels, RECURRENT=recurrent,
-                               BLOCK_P=block_p, BLOCK_C=config["BLOCK_C"],
-                               num_warps=config["num_warps"])
-    return out, "triton:generic"
+    kernel = [1] * (3 - dims) + list(weight.shape[2:])
+    out = walk_op()(y.reshape(batch, channels, depth, height, width), centre, tap_matrix,
+                    corner, kernel, recurrent, entry is not None, samples, block_p,
+                    config["BLOCK_C"], config["num_warps"])
+    return out.reshape(y.shape), f"triton:{entry['name']}" if entry else "triton:generic"
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+@functools.lru_cache(maxsize=None)
+def walk_op():
+    """``inverseflow::triton_walk``, registered on first use (Triton is imported then).
+
+    A ``torch.library.triton_op`` launching through ``wrap_triton``, so that on a GPU a
+    graph that calls it shows Inductor the Triton program. The public ops stay opaque
+    custom ops around it (their fake kernels, autograd and vmap rules are the same for
+    every backend), so under ``torch.compile`` Inductor sees ``inv_conv2d``, not this
+    op. Under the interpreter (CPU tensors) the op runs eagerly only: Dynamo cannot trace
+    an interpreted program with fake tensors."""
+    import triton
+
+    from . import kernels
+
+    @torch.library.triton_op("inverseflow::triton_walk", mutates_args={})
+    def triton_walk(y: torch.Tensor, centre: torch.Tensor, taps: torch.Tensor,
+                    corner: torch.Tensor, kernel: list[int], recurrent: bool,
+                    specialized: bool, samples: int, block_p: int, block_c: int,
+                    num_warps: int) -> torch.Tensor:
+        batch, channels, depth, height, width = y.shape
+        group_channels = centre.shape[1]
+        out = torch.empty_like(y)
+        grid = (triton.cdiv(batch, samples), corner.shape[0])
+        common = (out, out if recurrent else y, y, centre, taps, corner, batch, channels,
+                  depth, height, width, samples)
+        if specialized:
+            torch.library.wrap_triton(kernels.walk_specialized)[grid](
+                *common, KD=kernel[0], KH=kernel[1], KW=kernel[2], CG=group_channels,
+                RECURRENT=recurrent, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
+        else:
+            torch.library.wrap_triton(kernels.walk_generic)[grid](
+                *common, *kernel, group_channels, RECURRENT=recurrent, BLOCK_P=block_p,
+                BLOCK_C=block_c, num_warps=num_warps)
+        return out
+
+    return torch.ops.inverseflow.triton_walk
