@@ -147,14 +147,18 @@ def test_odd_shapes_generic(rng, case):
     check_all_directions(data, weight, order, torch.float64, expect_specialized=False)
 
 
-def test_samples_per_program_and_lane_chunks(rng):
-    """144 lanes a sample: seven samples share a program of 1024 lanes, the last two of
-    nine a second one (the rest masked off); the conv's 7 × 144 lanes fit one chunk."""
-    data, weight = random_case(rng, 3, "NBR", 2, (12, 12, 1), (1, 2, 1), batch=9)
-    assert launch.tiles(144, 9, 2) == (7, 1024)
-    check_all_directions(data, weight, "NBR", torch.float64)
-    data, weight = random_case(rng, 3, "FTL", 1, (33, 32, 1), (2, 1, 1), batch=1)
-    check_all_directions(data, weight, "FTL", torch.float64)   # walk: 1056 lanes, 2 chunks
+def test_samples_per_program_and_lane_chunks(rng, monkeypatch):
+    """With programs of 16 lanes, five 5-row images take two programs of three samples
+    (the last one's third masked off); with 8 lanes, a 12-row walk and a 24-position conv
+    take two and three lane chunks a step."""
+    monkeypatch.setattr(launch, "INTERPRETER_LANES", 16)
+    assert launch.tiles(5, 5, 2) == (3, 16)
+    data, weight = random_case(rng, 2, "BL", 2, (5, 3), (2, 2), batch=5)
+    check_all_directions(data, weight, "BL", torch.float64)
+    monkeypatch.setattr(launch, "INTERPRETER_LANES", 8)
+    assert launch.tiles(12, 1, 2) == (1, 8)
+    data, weight = random_case(rng, 2, "TR", 3, (12, 2), (3, 2), batch=1)
+    check_all_directions(data, weight, "TR", torch.float64)
 
 
 def test_gpu_tiles_bound_the_product_tile(monkeypatch):
@@ -374,3 +378,39 @@ def oracle_layers():
     from codegen.spec import load_specs
 
     return load_specs(HERE.parent / "codegen" / "specs.toml")
+
+
+def test_auto_on_a_gpu(monkeypatch):
+    """auto: the CUDA module on NVIDIA where it is built, else Triton; always Triton on
+    ROCm (torch.version.hip set). Decided from the setting, the build and torch alone."""
+    _backends.set_backend("auto")
+    try:
+        monkeypatch.setattr(_backends, "triton_version", lambda: "3.9.0")
+        for hip, cuda_error, want in ((None, None, "cuda"), (None, "ImportError: no _cuda", "triton"),
+                                      ("6.2", None, "triton"), ("6.2", "ImportError", "triton")):
+            monkeypatch.setattr(torch.version, "hip", hip)
+            monkeypatch.setattr(_backends, "import_error",
+                                lambda name, error=cuda_error: error)
+            assert _backends.backend_for("cuda") == want, (hip, cuda_error)
+        monkeypatch.setattr(_backends, "triton_version", lambda: None)
+        monkeypatch.setattr(torch.version, "hip", None)
+        assert _backends.backend_for("cuda") == "cuda"   # whose error says what to build
+    finally:
+        _backends.set_backend("triton")
+
+
+def test_codegen_check_covers_the_triton_table(tmp_path):
+    import shutil
+
+    sys.path.insert(0, str(HERE.parent))
+    from codegen import render
+
+    layers = oracle_layers()
+    out = tmp_path / "generated"
+    shutil.copytree(render.GENERATED, out)
+    assert render.check(layers, out) == []
+    table = out / "triton" / "launch_table.py"
+    table.write_text(table.read_text().replace('"BLOCK_C": 4', '"BLOCK_C": 8', 1))
+    assert render.check(layers, out) == ["out of date: generated/triton/launch_table.py"]
+    table.unlink()
+    assert render.check(layers, out) == ["missing: generated/triton/launch_table.py"]

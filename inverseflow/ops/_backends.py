@@ -80,6 +80,8 @@ def backend_for(device_type: str) -> str:
     ``auto`` on a GPU takes the CUDA module where it is built and the device is NVIDIA,
     otherwise Triton (always on ROCm, where no CUDA module is built). Triton on CPU tensors
     runs only in Triton's interpreter (``TRITON_INTERPRET=1``), which is for tests."""
+    if device_type == "cpu" and _backend_setting is None and BACKEND_ENV not in os.environ:
+        return "cpu"   # the common case first: the batch-1 sampling pass calls this per layer
     choice = get_backend()
     if choice == "triton":
         if device_type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
