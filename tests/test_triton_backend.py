@@ -414,3 +414,10 @@ def test_codegen_check_covers_the_triton_table(tmp_path):
     assert render.check(layers, out) == ["out of date: generated/triton/launch_table.py"]
     table.unlink()
     assert render.check(layers, out) == ["missing: generated/triton/launch_table.py"]
+
+
+def test_triton_not_installed_is_a_clear_error(rng, monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)   # import triton raises ImportError
+    data, weight = random_case(rng, 1, "L", 2, (3,), (2,))
+    with pytest.raises(RuntimeError, match=r"Triton is not installed.*inverseflow\[triton\]"):
+        _dispatch.solve(data, weight, "L")
