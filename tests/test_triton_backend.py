@@ -372,6 +372,8 @@ def test_launch_table_folds_layers_by_what_the_program_depends_on():
     for spec in triton_target.triton_specs(oracle_layers()):
         assert table[spec.key]["name"] == spec.name
         assert table[spec.key]["BLOCK_C"] == spec.block_c
+        assert launch.generic_tiles(spec.group_channels) == {"BLOCK_C": spec.block_c,
+                                                             "num_warps": spec.num_warps}
 
 
 def oracle_layers():

@@ -62,12 +62,13 @@ def launch_table() -> dict:
 
 
 def generic_tiles(group_channels: int) -> dict:
-    """The generic kernel's channel block and warps (the rule codegen applies per spec)."""
-    block_c = min(triton_next_pow2(group_channels), 32)
+    """The generic kernel's channel block and warps: the rule codegen/triton_target.py
+    applies per spec (a test keeps the two equal)."""
+    block_c = min(next_pow2(group_channels), 32)
     return {"BLOCK_C": block_c, "num_warps": 4 if block_c >= 16 else 2}
 
 
-def triton_next_pow2(n: int) -> int:
+def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
@@ -84,7 +85,7 @@ def prepare(weight: torch.Tensor, order: str, dims: int, direction: int, dtype):
     centre tap zero, corners int32 (G,)."""
     corners = corner_bits(order, dims)
     groups = len(corners)
-    channels, group_channels = weight.shape[0], weight.shape[1]
+    group_channels = weight.shape[1]
     kernel = (1,) * (3 - dims) + tuple(weight.shape[2:])
     w = weight.detach().to(torch.float64).reshape(groups, group_channels, group_channels,
                                                   *kernel)
@@ -134,7 +135,7 @@ def tiles(lanes_per_sample: int, batch: int, block_c: int) -> tuple[int, int]:
     want = INTERPRETER_LANES if interpreting() else WARP_LANES
     samples = max(1, min(batch, want // max(lanes_per_sample, 1)))
     cap = INTERPRETER_LANES if interpreting() else max(4, GPU_TILE // (block_c * block_c))
-    return samples, min(triton_next_pow2(samples * lanes_per_sample), cap)
+    return samples, min(next_pow2(samples * lanes_per_sample), cap)
 
 
 def run(y: torch.Tensor, weight: torch.Tensor, order: str, direction: int, dims: int,
