@@ -423,3 +423,15 @@ def test_triton_not_installed_is_a_clear_error(rng, monkeypatch):
     data, weight = random_case(rng, 1, "L", 2, (3,), (2,))
     with pytest.raises(RuntimeError, match=r"Triton is not installed.*inverseflow\[triton\]"):
         _dispatch.solve(data, weight, "L")
+
+
+def test_walk_without_triton_op(rng, monkeypatch):
+    """torch < 2.6 has neither triton_op nor wrap_triton: the walk is then a plain
+    function that launches the program itself."""
+    monkeypatch.delattr(torch.library, "triton_op")
+    monkeypatch.delattr(torch.library, "wrap_triton")
+    plain = launch.walk_op.__wrapped__()
+    assert not isinstance(plain, torch._ops.OpOverloadPacket)
+    monkeypatch.setattr(launch, "walk_op", lambda: plain)
+    data, weight = random_case(rng, 2, "BR", 2, (2, 3), (2, 2))
+    check_all_directions(data, weight, "BR", torch.float64)

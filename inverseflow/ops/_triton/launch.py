@@ -153,9 +153,14 @@ def run(y: torch.Tensor, weight: torch.Tensor, order: str, direction: int, dims:
     config = entry or generic_tiles(group_channels)
     samples, block_p = tiles(lanes_per_sample, batch, config["BLOCK_C"])
     kernel = [1] * (3 - dims) + list(weight.shape[2:])
-    out = walk_op()(y.reshape(batch, channels, depth, height, width), centre, tap_matrix,
-                    corner, kernel, recurrent, entry is not None, samples, block_p,
-                    config["BLOCK_C"], config["num_warps"])
+    args = (y.reshape(batch, channels, depth, height, width), centre, tap_matrix, corner,
+            kernel, recurrent, entry is not None, samples, block_p, config["BLOCK_C"],
+            config["num_warps"])
+    if y.is_cuda:   # Triton launches on the current device (a tensor on cuda:1 with cuda:0)
+        with torch.cuda.device(y.device):
+            out = walk_op()(*args)
+    else:
+        out = walk_op()(*args)
     return out.reshape(y.shape), f"triton:{entry['name']}" if entry else "triton:generic"
 
 
@@ -173,7 +178,9 @@ def walk_op():
 
     from . import kernels
 
-    @torch.library.triton_op("inverseflow::triton_walk", mutates_args={})
+    # torch < 2.6 has no triton_op: there the walk is a plain function (opaque to Inductor).
+    wrap = getattr(torch.library, "wrap_triton", lambda kernel: kernel)
+
     def triton_walk(y: torch.Tensor, centre: torch.Tensor, taps: torch.Tensor,
                     corner: torch.Tensor, kernel: list[int], recurrent: bool,
                     specialized: bool, samples: int, block_p: int, block_c: int,
@@ -185,13 +192,16 @@ def walk_op():
         common = (out, out if recurrent else y, y, centre, taps, corner, batch, channels,
                   depth, height, width, samples)
         if specialized:
-            torch.library.wrap_triton(kernels.walk_specialized)[grid](
+            wrap(kernels.walk_specialized)[grid](
                 *common, KD=kernel[0], KH=kernel[1], KW=kernel[2], CG=group_channels,
                 RECURRENT=recurrent, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
         else:
-            torch.library.wrap_triton(kernels.walk_generic)[grid](
+            wrap(kernels.walk_generic)[grid](
                 *common, *kernel, group_channels, RECURRENT=recurrent, BLOCK_P=block_p,
                 BLOCK_C=block_c, num_warps=num_warps)
         return out
 
+    if not hasattr(torch.library, "triton_op"):
+        return triton_walk
+    torch.library.triton_op("inverseflow::triton_walk", mutates_args={})(triton_walk)
     return torch.ops.inverseflow.triton_walk
