@@ -435,3 +435,17 @@ def test_walk_without_triton_op(rng, monkeypatch):
     monkeypatch.setattr(launch, "walk_op", lambda: plain)
     data, weight = random_case(rng, 2, "BR", 2, (2, 3), (2, 2))
     check_all_directions(data, weight, "BR", torch.float64)
+
+
+def test_info_shows_the_triton_backend():
+    from inverseflow import info
+
+    entry = info.collect()["triton"]
+    assert entry["installed"] and entry["version"] == _backends.triton_version()
+    assert entry["interpreted"] is True and entry["setting"] == "triton"
+    names = {spec["name"] for spec in entry["specializations"]}
+    assert names == {spec["name"] for spec in launch.launch_table().values()}
+    assert "walk2d_k3x3_cg12_f32_solve" in names
+    report = info.format_report(info.collect(), verbose=True)
+    assert f"[triton] Triton {entry['version']}, interpreted (TRITON_INTERPRET=1)" in report
+    assert "walk2d_k3x3_cg12_f32_solve (invconv_k3x3_c12_tl, invconv_k3x3_c48_quad)" in report
