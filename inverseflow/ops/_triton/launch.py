@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .. import _weight_cache
 from .._validate import CORNERS_BY_DIMS, GROUP_PATTERN
 
 SOLVE, TRANSPOSED, CONV = 0, 1, 2
@@ -82,51 +83,47 @@ def corner_bits(order: str, dims: int) -> list[int]:
 
 def prepare(weight: torch.Tensor, order: str, dims: int, direction: int, dtype):
     """``(B, A, corners)`` for the program: B (G, CG, CG), A (G, taps, CG, CG) with the
-    centre tap zero, corners int32 (G,)."""
+    centre tap zero, corners int32 (G,). All groups at once (batched over G)."""
     corners = corner_bits(order, dims)
-    groups = len(corners)
-    group_channels = weight.shape[1]
+    groups, group_channels = len(corners), weight.shape[1]
     kernel = (1,) * (3 - dims) + tuple(weight.shape[2:])
-    w = weight.detach().to(torch.float64).reshape(groups, group_channels, group_channels,
-                                                  *kernel)
     taps = kernel[0] * kernel[1] * kernel[2]
-    eye = torch.eye(group_channels, dtype=torch.float64, device=weight.device)
-    strictly_lower = torch.ones_like(eye, dtype=torch.bool).tril(-1)
-    centres, tap_mats = [], []
-    for g, bits in enumerate(corners):
+    device = weight.device
+    # (g, co, ci, kd, kh, kw) -> (g, taps, co, ci)
+    per_tap = weight.detach().to(torch.float64).reshape(
+        groups, group_channels, group_channels, taps).permute(0, 3, 1, 2)
+    # Per group, the centre tap: index K − 1 on a near axis, 0 on a far one.
+    centre_taps = []
+    for bits in corners:
         far = ((bits >> 2) & 1, (bits >> 1) & 1, bits & 1)
-        centre_index = tuple(0 if f else k - 1 for f, k in zip(far, kernel))
-        wg = w[g]
-        lower = torch.where(strictly_lower, wg[(slice(None), slice(None)) + centre_index], eye)
-        # (co, ci, kd, kh, kw) -> (taps, co, ci), the centre tap zeroed (never multiplied:
-        # NaN × 0 would be NaN).
-        per_tap = wg.permute(2, 3, 4, 0, 1).reshape(taps, group_channels, group_channels)
-        centre_flat = (centre_index[0] * kernel[1] + centre_index[1]) * kernel[2] + centre_index[2]
-        keep = torch.ones(taps, 1, 1, dtype=torch.bool, device=weight.device)
-        keep[centre_flat] = False
-        per_tap = torch.where(keep, per_tap, 0.0)
-        if direction == CONV:
-            centres.append(lower)
-            tap_mats.append(per_tap)
-            continue
-        inverse = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+        index = [0 if f else k - 1 for f, k in zip(far, kernel)]
+        centre_taps.append((index[0] * kernel[1] + index[1]) * kernel[2] + index[2])
+    centre_taps = torch.tensor(centre_taps, device=device)
+    eye = torch.eye(group_channels, dtype=torch.float64, device=device)
+    strictly_lower = torch.ones_like(eye, dtype=torch.bool).tril(-1)
+    lower = torch.where(strictly_lower, per_tap[torch.arange(groups, device=device),
+                                                centre_taps], eye)
+    # The centre tap is zeroed, not skipped by multiplying: NaN × 0 would be NaN.
+    is_centre = torch.arange(taps, device=device)[None, :] == centre_taps[:, None]
+    per_tap = torch.where(is_centre[:, :, None, None], 0.0, per_tap)
+    if direction == CONV:
+        centre, tap_matrix = lower, per_tap
+    else:
+        inverse = torch.linalg.solve_triangular(lower, eye.expand_as(lower), upper=False,
+                                                unitriangular=True)
         if direction == SOLVE:
-            centres.append(inverse)
-            tap_mats.append(-(inverse @ per_tap))
+            centre, tap_matrix = inverse, -(inverse[:, None] @ per_tap)
         else:
             # Tᵀ reads the opposite neighbours with transposed matrices: the solve from the
             # opposite corner, each axis's taps reversed.
-            reversed_taps = per_tap.reshape(*kernel, group_channels, group_channels).flip(
-                0, 1, 2).reshape(taps, group_channels, group_channels)
-            inverse_t = inverse.transpose(0, 1)
-            centres.append(inverse_t)
-            tap_mats.append(-(inverse_t @ reversed_taps.transpose(1, 2)))
-    if direction == TRANSPOSED:
-        corners = [bits ^ 0b111 for bits in corners]
-    centre = torch.stack(centres).to(dtype).contiguous()
-    tap_matrix = torch.stack(tap_mats).to(dtype).contiguous()
-    corner = torch.tensor(corners, dtype=torch.int32, device=weight.device)
-    return centre, tap_matrix, corner
+            reversed_taps = per_tap.reshape(groups, *kernel, group_channels,
+                                            group_channels).flip(1, 2, 3).reshape(
+                groups, taps, group_channels, group_channels)
+            centre = inverse.transpose(1, 2)
+            tap_matrix = -(centre[:, None] @ reversed_taps.transpose(2, 3))
+            corners = [bits ^ 0b111 for bits in corners]
+    return (centre.to(dtype).contiguous(), tap_matrix.to(dtype).contiguous(),
+            torch.tensor(corners, dtype=torch.int32, device=device))
 
 
 def tiles(lanes_per_sample: int, batch: int, block_c: int) -> tuple[int, int]:
@@ -144,7 +141,11 @@ def run(y: torch.Tensor, weight: torch.Tensor, order: str, direction: int, dims:
     batch, channels = y.shape[:2]
     depth, height, width = (1,) * (3 - dims) + tuple(y.shape[2:])
     group_channels = weight.shape[1]
-    centre, tap_matrix, corner = prepare(weight, order, dims, direction, y.dtype)
+    # Once per weight version where no derivative is recorded (sampling, evaluation, and
+    # inside the autograd Functions): a prepare is a dozen small ops, the hit one compare.
+    centre, tap_matrix, corner = _weight_cache.derived(
+        ("triton_walk", order, dims, direction, y.dtype), (weight,),
+        lambda: prepare(weight, order, dims, direction, y.dtype))
     key = (dims, tuple(weight.shape[2:]), group_channels, DTYPE_NAMES[y.dtype],
            DIRECTION_NAMES[direction])
     entry = None if force_generic else launch_table().get(key)
