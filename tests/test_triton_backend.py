@@ -449,3 +449,15 @@ def test_info_shows_the_triton_backend():
     report = info.format_report(info.collect(), verbose=True)
     assert f"[triton] Triton {entry['version']}, interpreted (TRITON_INTERPRET=1)" in report
     assert "walk2d_k3x3_cg12_f32_solve (invconv_k3x3_c12_tl, invconv_k3x3_c48_quad)" in report
+
+
+def test_folded_weight_follows_in_place_updates(rng):
+    """The folded matrices are cached per weight version: an optimizer-style in-place
+    update, and a write through .data (which skips the version counter), are both seen."""
+    data, weight = random_case(rng, 1, "pair", 4, (4,), (2,))
+    for update in (lambda w: w.mul_(-1.5), lambda w: w.data.add_(0.05)):
+        before, _ = run_backend("triton", data, weight, "pair", _dispatch.SOLVE)
+        update(weight)
+        after, _ = run_backend("triton", data, weight, "pair", _dispatch.SOLVE)
+        assert not torch.equal(before, after)
+        assert rel_err(after, oracle(_dispatch.SOLVE, data, weight, "pair")) < 1e-10
