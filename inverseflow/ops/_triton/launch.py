@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from .. import _weight_cache
+from .._dispatch import CONV, SOLVE
 from .._validate import CORNERS_BY_DIMS, GROUP_PATTERN
 
-SOLVE, TRANSPOSED, CONV = 0, 1, 2
 DIRECTION_NAMES = ("solve", "transposed", "conv")
 DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 GPU_TILE = 8192
