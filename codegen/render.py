@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jinja2
 
+from . import triton_target
 from .spec import BACKENDS, Layer
 
 HERE = Path(__file__).resolve().parent
@@ -52,6 +53,10 @@ def render_all(layers: list[Layer]) -> dict[str, str]:
         emit(REGISTRY_FILE[backend], REGISTRY_TEMPLATE, layers=layers,
              backend=backend)
     emit("sources.cmake", "sources.cmake.j2", layers=layers, registry=REGISTRY_FILE)
+    for path, text in triton_target.render(env, layers).items():   # Python, not built
+        if path in outputs:
+            raise ValueError(f"two specs would write {path}")
+        outputs[path] = text
     return outputs
 
 

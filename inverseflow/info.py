@@ -56,6 +56,7 @@ def collect() -> dict:
     info["torch_cuda_available"] = torch.cuda.is_available()
     info["jit"] = jit_cache()
     info["form_choice"] = form_choice()
+    info["triton"] = triton_backend()
     return info
 
 
@@ -65,6 +66,25 @@ def form_choice() -> dict:
 
     return {"benchmark": backends.benchmark, "mode": backends.mode(),
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+
+
+def triton_backend() -> dict:
+    """The Triton backend (DESIGN §18): Triton's version, whether it is interpreted, the
+    backend setting, and the launch table's specializations."""
+    from .ops._triton import launch
+
+    entry = {"installed": _backends.triton_version() is not None,
+             "version": _backends.triton_version(), "interpreted": launch.interpreting()}
+    try:
+        entry["setting"] = _backends.get_backend()
+    except ValueError as exc:
+        entry["setting"] = f"invalid: {exc}"
+    entry["specializations"] = [
+        {"name": spec["name"], "dims": key[0], "kernel": "x".join(map(str, key[1])),
+         "group_channels": key[2], "dtype": key[3], "direction": key[4],
+         "layers": list(spec["layers"])}
+        for key, spec in launch.launch_table().items()]
+    return entry
 
 
 def jit_cache() -> dict:
@@ -151,6 +171,17 @@ def layer_table(specializations_by_backend: dict[str, list[dict]]) -> list[str]:
     return format_table(header, body)
 
 
+def _triton_line(triton: dict) -> str:
+    count = len(triton["specializations"])
+    if not triton["installed"]:
+        state = "Triton not installed (pip install 'inverseflow[triton]')"
+    else:
+        state = f"Triton {triton['version']}" + (
+            ", interpreted (TRITON_INTERPRET=1)" if triton["interpreted"] else "")
+    return (f"[triton] {state}; {count} specialized launch-table entries; backend setting: "
+            f"{triton['setting']}")
+
+
 def format_report(info: dict, verbose: bool = False) -> str:
     """A compact report: build and backend status lines, then one table row per layer
     shape; ``verbose`` also lists every compiled kernel by name."""
@@ -183,6 +214,9 @@ def format_report(info: dict, verbose: bool = False) -> str:
     if info["torch_cuda_available"] and not info["backends"]["cuda"]["built"]:
         lines.append("WARNING: this machine has a GPU but the CUDA backend is missing; "
                      + _backends.REBUILD_HINT)
+    triton = info.get("triton")
+    if triton:
+        lines.append(_triton_line(triton))
     for backend, specs in info.get("jit", {}).get("specializations", {}).items():
         built.setdefault(backend, []).extend(specs)  # rows with source "jit"
     if built:
@@ -191,6 +225,9 @@ def format_report(info: dict, verbose: bool = False) -> str:
     if verbose:
         for backend, specs in built.items():
             lines += ["", f"[{backend}] kernels:"] + [f"    {s['name']}" for s in specs]
+        if triton:
+            lines += ["", "[triton] launch table:"] + [
+                f"    {s['name']} ({', '.join(s['layers'])})" for s in triton["specializations"]]
     else:
         lines += ["", "(--verbose lists every kernel; --json prints all of it for scripts)"]
     return "\n".join(lines)

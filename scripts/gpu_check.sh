@@ -32,6 +32,8 @@ step tests "$OUT/tests.log.part" $PY -m pytest -q -x --timeout=300 tests/test_cu
 cat "$OUT/tests.log.part" >>"$OUT/tests.log"; rm -f "$OUT/tests.log.part"
 step bench "$OUT/tests.log.part" $PY -m inverseflow bench --device cuda --out "$OUT/bench"
 cat "$OUT/tests.log.part" >>"$OUT/tests.log"; rm -f "$OUT/tests.log.part"
+# Issue 28: the Triton backend against the CUDA and CPU kernels, and timed against both.
+step triton "$OUT/triton.log" $PY scripts/triton_gpu_check.py --out "$OUT/triton_gpu.json"
 # Registers, spills and shared memory of one generated specialization (nvcc -Xptxas -v).
 step ptxas "$OUT/ptxas.txt" nvcc -std=c++17 -O3 -arch=sm_90 -Xptxas -v -Icsrc -c \
   generated/cuda/invconv_k3x3_c12_tl_cuda.cu -o /tmp/ptxas_probe.o

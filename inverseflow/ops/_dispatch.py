@@ -83,6 +83,9 @@ def solve(y: torch.Tensor, weight: torch.Tensor, order: str, direction: int = SO
     if x.numel() == 0:
         return x, "none"
     device_type = y.device.type
+    if _backends.backend_for(device_type) == "triton":
+        from ._triton import run_triton   # never imported on the CPU path
+        return run_triton(y, weight, order, direction, dims, force_generic)
     module = _backends.module_for(device_type)
     batch, channels = y.shape[:2]
     depth, height, width = (1,) * (3 - dims) + tuple(y.shape[2:])
