@@ -7,9 +7,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "inverseflow"
 
-# Subpackage or top-level module → layer. Equal layers may import each other only where
+# Subpackage or top-level module → layer (backends: process-wide settings the ops read). Equal layers may import each other only where
 # listed in ALLOWED_SIDEWAYS.
-LAYERS = {"ops": 0, "data": 1, "nn": 1, "models": 2, "transforms": 2, "deblur": 2, "jit": 1,
+LAYERS = {"backends": -1, "ops": 0, "data": 1, "nn": 1, "models": 2, "transforms": 2, "deblur": 2, "jit": 1,
           "integrations": 3, "train": 3, "experiments": 4, "info": 4, "export": 4, "bench": 5,
           "cli": 6, "__main__": 7}
 ALLOWED_SIDEWAYS = set()
