@@ -191,6 +191,41 @@ def test_emulated_matches_cpu(emu, cpu_ref, shape, order, path, rng):
             assert err <= TOL[dtype], f"{what} ({name}) vs the shipped CPU module: {err:.3e}"
 
 
+FOLDED_STEMS = cuda_emulation.specialization_stems([(12, 3, 3, "tl")])
+
+
+@pytest.fixture(scope="module")
+def emu_folded():
+    """The emulation built with one instantiation only, <12, 3x3>: every layer shape of
+    that group size must find it in the folded registry."""
+    assert FOLDED_STEMS == ["invconv_k3x3_g12"], FOLDED_STEMS
+    try:
+        module = cuda_emulation.load_module(FOLDED_STEMS)
+    except cuda_emulation.BuildError as exc:
+        pytest.fail(str(exc))
+    yield module
+    module.set_device()
+
+
+@pytest.mark.parametrize("order,channels", [("TL", 12), ("TR", 12), ("BL", 12), ("BR", 12),
+                                            ("quad", 48)])
+def test_folded_registry_serves_every_corner_and_quad(emu_folded, order, channels, rng):
+    """One <12, 3x3> instantiation runs TL/TR/BL/BR C=12 and quad C=48 (DESIGN.md §17), on
+    the shared-x path, against the dense oracle; another group size runs the generic kernel."""
+    shape = (2, channels, 4, 5, 3, 3)
+    for dtype in DTYPES:
+        for direction in DIRECTIONS:
+            y, weight = _inputs(shape, order, dtype, rng)
+            _force_path(emu_folded, "shared_x", shape, order, dtype)
+            x, name, launches = _emulated(emu_folded, y, weight, order, direction)
+            assert name.startswith("invconv_k3x3_g12_") and name.endswith("_cuda"), name
+            assert "cg=rt" not in launches[0]["kernel"], launches
+            expected = ORACLE[direction](y.double(), weight.double(), order)
+            assert oracle.rel_err(x, expected) <= TOL[dtype], (order, dtype, direction, name)
+    y, weight = _inputs((2, 12, 4, 5, 3, 3), "quad", torch.float64, rng)   # 3 per group
+    assert _solve(emu_folded, y, weight, "quad", _dispatch.SOLVE)[1] == "generic"
+
+
 @pytest.mark.parametrize("order", ["TL", "quad"])
 @pytest.mark.parametrize("shape", SHAPES[:4], ids=_shape_id)  # the specialized ones
 def test_generic_kernel_on_specialized_shapes(emu, cpu_ref, shape, order, rng):

@@ -32,7 +32,7 @@ from codegen.spec import DIRECTIONS   # every direction a layer compiles: solve,
 TESTS = Path(__file__).resolve().parent
 # A shape no build specializes (specs.toml has square kernels only): rectangular and quad.
 KERNEL, CHANNELS, ORDER = (2, 3), 8, "quad"
-STEM = "invconv_k2x3_c8_quad"
+STEM = "invconv_k2x3_g2"   # the instantiation: kernel 2x3, 8 / 4 = 2 channels per group
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
@@ -327,7 +327,7 @@ def test_unknown_device_is_a_value_error():
 
 def test_a_shape_the_build_specializes_needs_no_compile(cache_env):
     names = jit.specialize(3, 12, "TL")
-    assert sorted(names) == sorted(f"invconv_k3x3_c12_tl_{d}_{r}_cpu"
+    assert sorted(names) == sorted(f"invconv_k3x3_g12_{d}_{r}_cpu"
                                    for d in ("f32", "f64") for r in DIRECTIONS)
     assert not (cache_env / "jit").exists()
 
@@ -360,8 +360,9 @@ def test_cli_lists_and_clears_the_cache_and_info_shows_it(compiled, tmp_path, mo
     assert cli.main(["jit", "--list"]) == 0
     assert STEM in capsys.readouterr().out
     rows = info.collect()["jit"]["specializations"]["cpu"]
-    assert {(r["kernel"], r["channels"], r["pattern"], r["source"]) for r in rows} >= {
-        ("2x3", CHANNELS, ORDER, "jit")}
+    assert {(r["kernel"], r["group_channels"], r["source"]) for r in rows} >= {
+        ("2x3", CHANNELS // 4, "jit")}
+    assert all(f"quad C={CHANNELS}" in r["serves"] for r in rows if r["source"] == "jit")
     assert cli.main(["jit", "--clear"]) == 0
     assert "removed" in capsys.readouterr().out
     assert jit.cached() == []
@@ -397,7 +398,7 @@ def test_bench_jit_section_structure(monkeypatch, tmp_path):
     monkeypatch.setattr(jit_speedup, "SHAPES", [(8, "quad")])
     result = jit_speedup.run("cpu", quick=True)
     (row,) = result["shapes"]
-    assert row["kernel_after"] == "invconv_k3x3_c8_quad_f32_solve_cpu"
+    assert row["kernel_after"] == "invconv_k3x3_g2_f32_solve_cpu"
     assert row["max_abs_difference"] < 1e-5
     assert row["speedup_solve"] > 0 and row["timings"]["jit_solve"]["rounds"] == 5
     assert "C=8 quad" in jit_speedup.format_report(result)
@@ -441,10 +442,10 @@ def test_nd_shape_is_specialized_and_matches_the_dense_oracle(cache_env, kernel,
     import oracle_nd
 
     names = jit.specialize(kernel, channels, order)
-    stem = f"invconv_k{'x'.join(map(str, kernel))}_c{channels}_{order.lower()}"
+    groups = 2 ** len(kernel) if order in ("pair", "oct") else 1
+    stem = f"invconv_k{'x'.join(map(str, kernel))}_g{channels // groups}"
     assert sorted(names) == sorted(f"{stem}_{d}_{r}_cpu" for d in ("f32", "f64")
                                    for r in DIRECTIONS)
-    groups = 2 ** len(kernel) if order in ("pair", "oct") else 1
     weight = 0.3 / max(kernel) * torch.randn(channels, channels // groups, *kernel,
                                              generator=rng, dtype=torch.float64)
     y = torch.randn(3, channels, *spatial, generator=rng, dtype=torch.float64)
