@@ -222,8 +222,12 @@ def test_folded_registry_serves_every_corner_and_quad(emu_folded, order, channel
             assert "cg=rt" not in launches[0]["kernel"], launches
             expected = ORACLE[direction](y.double(), weight.double(), order)
             assert oracle.rel_err(x, expected) <= TOL[dtype], (order, dtype, direction, name)
-    y, weight = _inputs((2, 12, 4, 5, 3, 3), "quad", torch.float64, rng)   # 3 per group
-    assert _solve(emu_folded, y, weight, "quad", _dispatch.SOLVE)[1] == "generic"
+    shape = (2, 12, 4, 5, 3, 3)   # quad C=12: 3 channels per group, not built here
+    y, weight = _inputs(shape, "quad", torch.float64, rng)
+    _force_path(emu_folded, "shared_x", shape, "quad", torch.float64)
+    x, name = _solve(emu_folded, y, weight, "quad", _dispatch.SOLVE)
+    assert name == "generic"
+    assert oracle.rel_err(x, oracle.inv_conv(y, weight, "quad")) <= TOL[torch.float64]
 
 
 @pytest.mark.parametrize("order", ["TL", "quad"])
