@@ -100,7 +100,8 @@ struct BlockLayout {
 // form) and its border is zero; on exit the interior holds x. With Dir = kConv it computes
 // y = T x instead: the same loops in reverse raster order (a voxel reads only earlier ones,
 // which still hold x) and no dependent chain. Output channels go in chunks of Chunk
-// register accumulators; `folded` holds padded_rows(cg, Chunk) rows per tap.
+// register accumulators; `folded` holds padded_rows(cg, Chunk) rows per tap (for the
+// generic kernel, off-centre taps chunk-major: see solve_chunked).
 template <typename T, int Lanes, int CG, int KD, int KH, int KW, int Dir, int Chunk>
 void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const BlockLayout& g) {
   using V = typename Vec<T, Lanes>::type;
@@ -155,8 +156,14 @@ void solve_packed(typename Vec<T, Lanes>::type* buf, const T* folded, const Bloc
               const T* wt = folded + t * tap_stride + int64_t(c0) * cg;
               for (int cp = 0; cp < cg; ++cp) {
                 const V xv = src[cp];
+                if constexpr (kStatic) {
 #pragma GCC unroll 16
-                for (int c = 0; c < Chunk; ++c) acc[c] -= wt[c * cg + cp] * xv;
+                  for (int c = 0; c < Chunk; ++c) acc[c] -= wt[c * cg + cp] * xv;
+                } else {  // chunk-major [cp][c]: constant offsets from one pointer
+                  const T* wc = wt + cp * Chunk;
+#pragma GCC unroll 16
+                  for (int c = 0; c < Chunk; ++c) acc[c] -= wc[c] * xv;
+                }
               }
             }
           }
@@ -379,12 +386,24 @@ void solve_chunked(const SolveArgs& args) {
       fold_group_weights<T>(wg, cg, kd, kh, kw, group_corner(args.pattern, g),
                             Dir == kTransposed, fg, linv.data());
   }
-  const int rows = padded_rows(cg, Chunk);
-  if (rows != cg) {  // the generic kernel: zero rows up to whole chunks, per tap
-    std::vector<T> padded(size_t(G * taps * rows * cg), T(0));
-    for (int64_t m = 0; m < G * taps; ++m)
-      std::copy_n(folded.data() + m * cg * cg, cg * cg, padded.data() + m * rows * cg);
-    folded.swap(padded);
+  if constexpr (!(CG > 0 && KD > 0 && KH > 0 && KW > 0)) {
+    // The generic kernel: each tap's rows padded with zeros up to whole chunks, and the
+    // off-centre taps stored chunk by chunk as [input channel][output channel in chunk],
+    // so that with a run-time group size the unrolled chunk still reads its weights at
+    // constant offsets from one pointer (a row stride known only at run time needed a
+    // register per row: 1.6x the specialization on AVX2). The centre stays row-major.
+    const int rows = padded_rows(cg, Chunk);
+    std::vector<T> packed(size_t(G * taps * rows * cg), T(0));
+    for (int64_t m = 0; m < G * taps; ++m) {
+      const T* src = folded.data() + m * cg * cg;
+      T* dst = packed.data() + m * rows * cg;
+      const bool centre = m % taps == taps - 1;
+      for (int c = 0; c < cg; ++c)
+        for (int cp = 0; cp < cg; ++cp)
+          dst[centre ? c * cg + cp : (c / Chunk * Chunk) * cg + cp * Chunk + c % Chunk] =
+              src[c * cg + cp];
+    }
+    folded.swap(packed);
   }
 
   constexpr int L = kWideLanes<T>;
