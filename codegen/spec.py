@@ -128,8 +128,13 @@ def instantiation_stem(dims: int, kd: int, kh: int, kw: int, group_channels: int
     return f"invconv_k{kernel}_g{group_channels}"
 
 
+# File suffix of each backend's generated sources; a new target (e.g. Triton, issue 28)
+# adds its backend to BACKENDS and its suffix here.
+SOURCE_SUFFIX = {"cpu": "cpp", "cuda": "cu", "triton": "py"}
+
+
 def source_filename(stem: str, backend: str) -> str:
-    return f"{backend}/{stem}_{backend}.{'cu' if backend == 'cuda' else 'cpp'}"
+    return f"{backend}/{stem}_{backend}.{SOURCE_SUFFIX[backend]}"
 
 
 def layer_shapes_served(dims: int, group_channels: int) -> list[tuple[str, int]]:
