@@ -1,1 +1,1 @@
-"""Op generator: codegen/specs.toml -> Spec dataclasses -> templates/*.j2 -> generated/."""
+"""Op generator: codegen/specs.toml -> Layer entries -> folded Instantiations -> templates/*.j2 -> generated/."""

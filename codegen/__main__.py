@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from . import render
-from .spec import (DIMS_OF_PATTERN, DIRECTIONS, DTYPES, PATTERNS, SpecError, layer_for,
-                   load_specs, parse_kernel, parse_specs)
+from .spec import (DIMS_OF_PATTERN, DIRECTIONS, DTYPES, PATTERNS, SpecError, by_file, fold,
+                   layer_for, load_specs, parse_kernel, parse_specs, served_text)
 
 
 def _add(args) -> int:
@@ -20,13 +20,19 @@ def _add(args) -> int:
     text = render.SPECS.read_text()
     layers = parse_specs(text, str(render.SPECS))
     if any(existing.shape_key == layer.shape_key for existing in layers):
-        print(f"{layer.stem} is already in {render.SPECS}; nothing to do")
+        print(f"{layer.name} is already in {render.SPECS}; nothing to do")
+        return 0
+    have = {inst.key for existing in layers for inst in existing.instantiations("cpu")}
+    if {inst.key for inst in layer.instantiations("cpu")} <= have:
+        serves = served_text(layer.dims, layer.group_channels)
+        print(f"{layer.name} is already served by {layer.stem} ({serves}); nothing to do")
         return 0
     text = text.rstrip("\n") + "\n\n" + layer.to_toml()
     layers = parse_specs(text, str(render.SPECS))  # re-validate the file as it will be
     render.SPECS.write_text(text)
     written, removed = render.generate(layers)
-    print(f"added {layer.stem}; wrote {len(written)} file(s). Rebuild: pip install -e .")
+    print(f"added {layer.name} ({layer.stem}); wrote {len(written)} file(s). "
+          "Rebuild: pip install -e .")
     return 0
 
 
@@ -52,9 +58,13 @@ def main(argv=None) -> int:
             return _add(args)
         layers = load_specs(render.SPECS)
         if args.command == "list":
-            for layer in layers:
-                for spec in layer.specs("cpu"):
-                    print(spec.symbol.removesuffix("_cpu"))
+            for stem, insts in by_file(fold(layers, "cpu")).items():
+                first = insts[0]
+                listed = ", ".join(layer.name for layer in first.layers)
+                print(f"{stem}: serves {served_text(first.dims, first.group_channels)} "
+                      f"(listed: {listed})")
+                for inst in insts:
+                    print(f"    {inst.symbol.removesuffix('_cpu')}")
             return 0
         if args.check:
             problems = render.check(layers)
@@ -63,10 +73,12 @@ def main(argv=None) -> int:
             if problems:
                 print("generated/ is stale: run `python -m codegen`", file=sys.stderr)
                 return 1
-            print(f"generated/ is up to date ({len(layers)} layer shapes)")
+            print(f"generated/ is up to date ({len(layers)} layer shapes, "
+                  f"{len(by_file(fold(layers, 'cpu')))} instantiation files per backend)")
             return 0
         written, removed = render.generate(layers)
-        print(f"{len(layers)} layer shapes: wrote {len(written)}, removed {len(removed)}, "
+        print(f"{len(layers)} layer shapes, {len(by_file(fold(layers, 'cpu')))} "
+              f"instantiation files per backend: wrote {len(written)}, removed {len(removed)}, "
               f"unchanged {len(render.render_all(layers)) - len(written)}")
         return 0
     except SpecError as exc:

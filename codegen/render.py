@@ -1,4 +1,7 @@
-"""Renders the templates for every layer and writes ``generated/`` (only what changed)."""
+"""Renders the templates for every instantiation and writes ``generated/`` (only what changed).
+
+Layers fold onto unique instantiations first (:func:`codegen.spec.fold`): one kernel file
+per (kernel, group channels) and backend, however many layer shapes it serves."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 import jinja2
 
 from . import triton_target
-from .spec import BACKENDS, Layer
+from .spec import BACKENDS, Layer, by_file, fold
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -36,43 +39,53 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def _kernel_file(env, backend: str, insts) -> str:
+    template = KERNEL_TEMPLATE[backend]
+    return env.get_template(template).render(template_name=template, insts=insts,
+                                             first=insts[0])
+
+
+def _registry(env, backend: str, files: dict) -> str:
+    return env.get_template(REGISTRY_TEMPLATE).render(template_name=REGISTRY_TEMPLATE,
+                                                      files=files, backend=backend)
+
+
 def render_all(layers: list[Layer]) -> dict[str, str]:
     """Maps each output path (relative to generated/) to its content."""
     env = _environment()
     outputs: dict[str, str] = {}
 
-    def emit(path: str, template: str, **context) -> None:
-        if path in outputs:
-            raise ValueError(f"two specs would write {path}")
-        outputs[path] = env.get_template(template).render(template_name=template, **context)
-
-    for backend in BACKENDS:
-        for layer in layers:
-            emit(layer.filename(backend), KERNEL_TEMPLATE[backend],
-                 layer=layer, specs=layer.specs(backend))
-        emit(REGISTRY_FILE[backend], REGISTRY_TEMPLATE, layers=layers,
-             backend=backend)
-    emit("sources.cmake", "sources.cmake.j2", layers=layers, registry=REGISTRY_FILE)
-    for path, text in triton_target.render(env, layers).items():   # Python, not built
+    def emit(path: str, text: str) -> None:
         if path in outputs:
             raise ValueError(f"two specs would write {path}")
         outputs[path] = text
+
+    sources: dict[str, dict[str, str]] = {}   # stem -> backend -> file
+    for backend in BACKENDS:
+        files = by_file(fold(layers, backend))
+        for stem, insts in files.items():
+            emit(insts[0].filename, _kernel_file(env, backend, insts))
+            sources.setdefault(stem, {})[backend] = insts[0].filename
+        emit(REGISTRY_FILE[backend], _registry(env, backend, files))
+    text = env.get_template("sources.cmake.j2").render(
+        template_name="sources.cmake.j2", sources=sources, registry=REGISTRY_FILE)
+    emit("sources.cmake", text)
+    for path, text in triton_target.render(env, layers).items():   # Python, not built
+        emit(path, text)
     return outputs
 
 
 def render_layer(layer: Layer, backend: str) -> dict[str, str]:
-    """One layer's kernel file and a registry that holds only that layer.
+    """One layer's kernel file (its instantiations) and a registry holding only those.
 
     This is what a run-time specialization (inverseflow.jit) compiles: the same templates
     and context as :func:`render_all`, for a single layer and backend.
     """
     env = _environment()
-    return {
-        layer.filename(backend): env.get_template(KERNEL_TEMPLATE[backend]).render(
-            template_name=KERNEL_TEMPLATE[backend], layer=layer, specs=layer.specs(backend)),
-        REGISTRY_FILE[backend]: env.get_template(REGISTRY_TEMPLATE).render(
-            template_name=REGISTRY_TEMPLATE, layers=[layer], backend=backend),
-    }
+    files = by_file(fold([layer], backend))
+    (insts,) = files.values()
+    return {insts[0].filename: _kernel_file(env, backend, insts),
+            REGISTRY_FILE[backend]: _registry(env, backend, files)}
 
 
 def write_layer(layer: Layer, backend: str, out: Path) -> list[Path]:

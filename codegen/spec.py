@@ -1,8 +1,11 @@
 """The specialization model: strict parsing of ``specs.toml`` into frozen dataclasses.
 
-A :class:`Layer` is one entry of the spec file (a layer shape). It expands into one
-:class:`Spec` per backend x dtype x direction. Every name (file, symbol, key) is derived
-from the fields, always in the axis order kernel, channels, pattern, dtype, direction,
+A :class:`Layer` is one entry of the spec file (a layer shape). What gets compiled is an
+:class:`Instantiation` per backend x dtype x direction, keyed by what the code depends on:
+dimension, kernel sizes, group channels (channels / groups of the pattern), dtype and
+direction. Layers that reduce to the same instantiation (``tl`` C=12 and ``quad`` C=48)
+fold onto one, emitted once (:func:`fold`). Every name (file, symbol, key) is derived
+from the fields, always in the axis order kernel, group channels, dtype, direction,
 backend. A layer is 1-D, 2-D or 3-D (docs/nd-design.md): its pattern belongs to one
 dimension and its kernel has that many sizes (``"5"``, ``"3x3"``, ``"3x3x3"``); every
 kernel is compiled as 3-D, with kd = 1 (and kh = 1) for the lower dimensions.
@@ -53,39 +56,55 @@ class SpecError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
-    """One compiled function: a layer shape on one backend, dtype and direction."""
+class Instantiation:
+    """One compiled function, ``solve<T, CG, KD, KH, KW, Dir>`` on one backend.
+
+    It depends only on the dimension, the kernel sizes, the *group's* channel count, the
+    dtype and the direction: the corner is a flip in the packing and the group pattern a
+    run-time argument. So one instantiation serves every corner of its dimension with C = CG
+    and the dimension's group pattern with C = groups·CG (DESIGN.md §17). Backends render
+    from this object; ``layers`` are the spec-file entries that folded onto it (names and
+    ``info`` only, never part of the key).
+    """
 
     backend: str
+    dims: int
+    kd: int
     kh: int
     kw: int
-    channels: int
-    pattern: str
+    group_channels: int
     dtype: str
     direction: str
-    kd: int = 1
+    layers: tuple = dataclasses.field(default=(), compare=False)
 
     @property
-    def dims(self) -> int:
-        return DIMS_OF_PATTERN[self.pattern]
+    def kernel(self) -> tuple:
+        return (self.kd, self.kh, self.kw)[3 - self.dims:]
 
     @property
-    def groups(self) -> int:
-        return GROUPS.get(self.pattern, 1)
-
-    @property
-    def group_channels(self) -> int:
-        return self.channels // self.groups
+    def stem(self) -> str:
+        """The file's name stem; every instantiation of one (kernel, group size) shares it."""
+        return instantiation_stem(self.dims, self.kd, self.kh, self.kw, self.group_channels)
 
     @property
     def symbol(self) -> str:
-        return (f"invconv_k{kernel_name(self)}_c{self.channels}_{self.pattern}_"
-                f"{DTYPE_SHORT[self.dtype]}_{self.direction}_{self.backend}")
+        return f"{self.stem}_{DTYPE_SHORT[self.dtype]}_{self.direction}_{self.backend}"
 
     @property
     def key(self) -> tuple:
-        return (self.kd, self.kh, self.kw, self.channels, self.pattern, self.dtype,
+        """What the compiled code depends on (the Triton backend keys its specs the same way)."""
+        return (self.dims, self.kd, self.kh, self.kw, self.group_channels, self.dtype,
                 self.direction)
+
+    @property
+    def lookup_key(self) -> tuple:
+        """The run-time registry key: what dispatch knows of a call (the dimension is not
+        needed, since a 1-D kernel of size k is the 2-D kernel 1×k)."""
+        return (self.kd, self.kh, self.kw, self.group_channels, self.dtype, self.direction)
+
+    @property
+    def filename(self) -> str:
+        return source_filename(self.stem, self.backend)
 
     @property
     def cpp_type(self) -> str:
@@ -97,8 +116,59 @@ class Spec:
 
     @property
     def codes(self) -> dict:
-        return {"pattern": PATTERN_CODE[self.pattern], "dtype": DTYPE_CODE[self.dtype],
-                "direction": DIRECTION_CODE[self.direction]}
+        return {"dtype": DTYPE_CODE[self.dtype], "direction": DIRECTION_CODE[self.direction]}
+
+    def serves(self) -> list[tuple[str, int]]:
+        """Every (pattern, channels) of its dimension that runs this instantiation."""
+        return layer_shapes_served(self.dims, self.group_channels)
+
+
+def instantiation_stem(dims: int, kd: int, kh: int, kw: int, group_channels: int) -> str:
+    kernel = "x".join(str(k) for k in (kd, kh, kw)[3 - dims:])
+    return f"invconv_k{kernel}_g{group_channels}"
+
+
+# File suffix of each backend's generated sources; a new target (e.g. Triton, issue 28)
+# adds its backend to BACKENDS and its suffix here.
+SOURCE_SUFFIX = {"cpu": "cpp", "cuda": "cu", "triton": "py"}
+
+
+def source_filename(stem: str, backend: str) -> str:
+    return f"{backend}/{stem}_{backend}.{SOURCE_SUFFIX[backend]}"
+
+
+def layer_shapes_served(dims: int, group_channels: int) -> list[tuple[str, int]]:
+    """The corners of a dimension with C = group_channels, then its group pattern."""
+    return [(p, group_channels * GROUPS.get(p, 1)) for p in PATTERNS_BY_DIMS[dims]]
+
+
+def served_text(dims: int, group_channels: int) -> str:
+    """``"tl/tr/bl/br C=12, quad C=48"``: the layer shapes one specialization serves."""
+    shapes = layer_shapes_served(dims, group_channels)
+    corners = "/".join(p for p, _ in shapes[:-1])
+    group, channels = shapes[-1]
+    return f"{corners} C={group_channels}, {group} C={channels}"
+
+
+def fold(layers, backend: str) -> list[Instantiation]:
+    """The unique instantiations that ``layers`` need on ``backend``, in the order they
+    first appear; each records every layer folded onto it."""
+    folded: dict[tuple, list] = {}
+    for layer in layers:
+        for inst in layer.instantiations(backend):
+            folded.setdefault(inst.key, [inst, []])[1].append(layer)
+    return [dataclasses.replace(inst, layers=tuple(served)) for inst, served in folded.values()]
+
+
+def by_file(instantiations) -> dict[str, list[Instantiation]]:
+    """Instantiations grouped by the file that holds them (one per kernel and group size),
+    each file's in dtype-then-direction order."""
+    files: dict[str, list[Instantiation]] = {}
+    for inst in instantiations:
+        files.setdefault(inst.stem, []).append(inst)
+    order = {(d, r): i for i, (d, r) in enumerate((d, r) for d in DTYPES for r in DIRECTIONS)}
+    return {stem: sorted(insts, key=lambda i: order[(i.dtype, i.direction)])
+            for stem, insts in files.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,20 +218,36 @@ class Layer:
         return (self.kd, self.kh, self.kw)[3 - self.dims:]
 
     @property
+    def groups(self) -> int:
+        return GROUPS.get(self.pattern, 1)
+
+    @property
+    def group_channels(self) -> int:
+        return self.channels // self.groups
+
+    @property
+    def name(self) -> str:
+        """The layer shape as written in messages: ``k3x3_c48_quad``."""
+        return f"k{kernel_name(self)}_c{self.channels}_{self.pattern}"
+
+    @property
     def stem(self) -> str:
-        return f"invconv_k{kernel_name(self)}_c{self.channels}_{self.pattern}"
+        """The stem of the file holding this layer's instantiations (shared by every layer
+        that folds onto them)."""
+        return instantiation_stem(self.dims, self.kd, self.kh, self.kw, self.group_channels)
 
     @property
     def shape_key(self) -> tuple:
-        """What the compiled code is keyed on: a 1-D ``l`` layer of kernel 5 and a 2-D
-        ``tl`` layer of kernel 1x5 are the same kernel, and so the same key."""
+        """The layer shape itself: a 1-D ``l`` layer of kernel 5 and a 2-D ``tl`` layer of
+        kernel 1x5 are the same shape, and so the same key."""
         return (self.kd, self.kh, self.kw, self.channels, PATTERN_CODE[self.pattern])
 
     def filename(self, backend: str) -> str:
-        return f"{backend}/{self.stem}_{backend}.{'cu' if backend == 'cuda' else 'cpp'}"
+        return source_filename(self.stem, backend)
 
-    def specs(self, backend: str) -> list[Spec]:
-        return [Spec(backend, self.kh, self.kw, self.channels, self.pattern, d, r, self.kd)
+    def instantiations(self, backend: str) -> list[Instantiation]:
+        return [Instantiation(backend, self.dims, self.kd, self.kh, self.kw,
+                              self.group_channels, d, r, (self,))
                 for d in self.dtypes for r in self.directions]
 
     def to_toml(self) -> str:
@@ -268,7 +354,7 @@ def parse_specs(text: str, source: str = "specs.toml") -> list[Layer]:
             raise SpecError(f"{where}: {exc}") from None
         if layer.shape_key in seen:
             raise SpecError(f"{where}: duplicates layer #{seen[layer.shape_key] + 1} "
-                            f"({layer.stem}); both would write the same files")
+                            f"({layer.name}); a layer shape is listed once")
         seen[layer.shape_key] = index
         layers.append(layer)
     return layers

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .spec import DTYPE_SHORT, GROUPS, Layer, kernel_name
+from .spec import DTYPE_SHORT, Layer, fold, kernel_name
 
 TEMPLATE = "launch_table_triton.py.j2"
 OUTPUT = "triton/launch_table.py"
@@ -67,15 +67,11 @@ class TritonSpec:
 
 
 def triton_specs(layers: list[Layer]) -> list[TritonSpec]:
-    """The unique entries of ``layers``, in the order they first appear, each with the
-    stems of the layers folded into it."""
-    folded: dict[tuple, list[str]] = {}
-    for layer in layers:
-        for dtype in layer.dtypes:
-            for direction in layer.directions:
-                key = (layer.dims, layer.kernel, layer.channels // GROUPS.get(layer.pattern, 1), dtype, direction)
-                folded.setdefault(key, []).append(layer.stem)
-    return [TritonSpec(*key, layers=tuple(stems)) for key, stems in folded.items()]
+    """The unique entries of ``layers``: the generator's one folding (``spec.fold``, issue
+    27), in the order they first appear, each with the names of the layers folded into it."""
+    return [TritonSpec(inst.dims, inst.kernel, inst.group_channels, inst.dtype,
+                       inst.direction, layers=tuple(layer.name for layer in inst.layers))
+            for inst in fold(layers, "triton")]
 
 
 def render(env, layers: list[Layer]) -> dict[str, str]:

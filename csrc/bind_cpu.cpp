@@ -21,6 +21,9 @@ PYBIND11_MODULE(_cpu, m) {
   m.doc() = "inverseflow CPU kernels (raw pointers; use inverseflow.inv_conv2d)";
   inverseflow::define_common(m, kGeneric);
   m.attr("build_info") = kBuildInfoJson;
+  // The SIMD width the kernels were compiled for (64: AVX-512, 32: AVX/AVX2, 16: SSE), for
+  // the FMA-peak estimate of `inverseflow bench` (inverseflow/bench/fma_peak.py).
+  m.attr("vector_bytes") = inverseflow::cpu::kVectorBytes;
 #if defined(_OPENMP)
   m.attr("openmp") = true;
 #else

@@ -43,7 +43,7 @@ def _bench(args) -> int:
     from .train.preflight import prepare_run_folder
 
     # Each section flag runs that section alone, so two of them cannot both be honoured.
-    sections = [f"--{name}" for name in ("scaling", "jit", "parity", "precision", "nd")
+    sections = [f"--{name}" for name in ("scaling", "jit", "parity", "precision", "nd", "peak")
                 if getattr(args, name, False)]
     if len(sections) > 1:
         raise ValueError(f"{' and '.join(sections)} each run one section alone; give one of "
@@ -68,10 +68,26 @@ def _bench(args) -> int:
     if args.nd:
         return _bench_nd(args)
 
+    if args.peak:
+        return _bench_peak(args)
+
     from .bench import suite as bench
 
     result = bench.run(args.device, args.quick)
     for path in bench.write(result, Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
+def _bench_peak(args) -> int:
+    from pathlib import Path
+
+    from .bench import solve_rate
+
+    if args.device != "cpu":
+        raise ValueError("--peak measures the CPU kernels against the CPU's FMA peak; "
+                         "use --device cpu")
+    for path in solve_rate.write(solve_rate.run(args.quick), Path(args.out)):
         print(f"wrote {path}")
     return 0
 
@@ -496,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only the 1-D and 3-D solves (inv_conv1d, inv_conv3d, their "
                             "transposed solves and the generic kernel) against F.conv1d and "
                             "F.conv3d of the same shape, CPU (writes nd.json, nd.md)")
+    bench.add_argument("--peak", action="store_true",
+                       help="only the CPU solves' useful GFLOP/s and fraction of the CPU's "
+                            "FMA peak (TL, BR, quad, generic, oneDNN conv2d; writes "
+                            "solve_rate.json, solve_rate.md)")
     bench.set_defaults(run=_bench)
 
     jit = sub.add_parser("jit", help="layer shapes specialized at run time (the JIT cache)")

@@ -6,22 +6,24 @@ import torch
 
 from .ops import _backends
 
-# Row order; each dimension's patterns, as codegen/spec.py lists them.
-PATTERNS = ("tl", "tr", "bl", "br", "quad", "l", "r", "pair",
-            "ntl", "ntr", "nbl", "nbr", "ftl", "ftr", "fbl", "fbr", "oct")
-# Pattern code (csrc/invconv/common.h) -> name, per dimension.
-_PATTERN_NAMES = {
-    1: {0: "l", 1: "r", 5: "pair"},
-    2: {0: "tl", 1: "tr", 2: "bl", 3: "br", 4: "quad"},
-    3: {0: "ntl", 1: "ntr", 2: "nbl", 3: "nbr", 6: "oct", 7: "ftl", 8: "ftr", 9: "fbl", 10: "fbr"},
-}
+# The layer shapes one specialization serves, per dimension (DESIGN.md §17): every corner
+# with C = group channels, and the group pattern with C = groups x group channels.
+_SERVED = {1: ("l/r", "pair", 2), 2: ("tl/tr/bl/br", "quad", 4),
+           3: ("ntl/ntr/nbl/nbr/ftl/ftr/fbl/fbr", "oct", 8)}
 
 
-def _kernel_and_pattern(row: dict) -> tuple[str, str]:
-    """A compiled specialization's kernel text and pattern name, in its own dimension."""
+def kernel_text(row: dict) -> str:
+    """A compiled specialization's kernel, in its own dimension ("5", "3x3", "3x3x3")."""
     dims = row.get("dims", 2)
-    sizes = (row.get("kd", 1), row["kh"], row["kw"])[3 - dims:]
-    return "x".join(str(k) for k in sizes), _PATTERN_NAMES[dims].get(row["pattern"], "?")
+    return "x".join(str(k) for k in (row.get("kd", 1), row["kh"], row["kw"])[3 - dims:])
+
+
+def served_text(dims: int, group_channels: int) -> str:
+    """``"tl/tr/bl/br C=12, quad C=48"``: the layer shapes one specialization serves."""
+    corners, group, groups = _SERVED[dims]
+    return f"{corners} C={group_channels}, {group} C={groups * group_channels}"
+
+
 DTYPES = ("float32", "float64")
 DIRECTIONS = ("solve", "transposed", "conv")   # codes 0, 1, 2 (csrc/invconv/common.h)
 
@@ -36,11 +38,11 @@ def collect() -> dict:
         if error is None:
             module = _backends.cpu_module() if backend == "cpu" else _backends.cuda_module()
             entry["specializations"] = [
-                {"name": s["name"], "kernel": kernel, "channels": s["channels"],
-                 "pattern": pattern, "dtype": DTYPES[s["dtype"]],
-                 "direction": DIRECTIONS[s["direction"]]}
-                for s in module.specializations()
-                for kernel, pattern in [_kernel_and_pattern(s)]]
+                {"name": s["name"], "kernel": kernel_text(s),
+                 "group_channels": s["group_channels"],
+                 "serves": served_text(s["dims"], s["group_channels"]),
+                 "dtype": DTYPES[s["dtype"]], "direction": DIRECTIONS[s["direction"]]}
+                for s in module.specializations()]
             if backend == "cuda":
                 try:
                     entry["devices"] = module.device_count()
@@ -99,32 +101,33 @@ DEFAULT_SOURCE = "build"
 
 
 def _row_order(key: tuple) -> tuple:
-    """Sort key of a (kernel "KHxKW", channels, pattern, source) row: by dimension, kernel
-    size, channels, the pattern's place in PATTERNS, then the build's rows before others."""
-    kernel, channels, pattern, source = key
+    """Sort key of a (kernel "KHxKW", group channels, serves, source) row: by dimension,
+    kernel size, group channels, then the build's rows before others."""
+    kernel, group_channels, _, source = key
     sizes = tuple(int(k) for k in kernel.split("x") if k.isdigit())
-    rank = PATTERNS.index(pattern) if pattern in PATTERNS else len(PATTERNS)
-    return (len(sizes), sizes, channels, rank, pattern, source != DEFAULT_SOURCE, source)
+    return (len(sizes), sizes, group_channels, source != DEFAULT_SOURCE, source)
 
 
 def _in_order(values, known: tuple) -> list:
     return sorted(values, key=lambda v: (known.index(v) if v in known else len(known), v))
 
 
-def layer_rows(specializations: list[dict]) -> list[dict]:
-    """Groups kernels into one row per layer shape: kernel, channels, pattern and source,
-    with the dtypes and directions present, sorted by kernel size, channels, pattern.
+def specialization_rows(specializations: list[dict]) -> list[dict]:
+    """Groups kernels into one row per specialization (kernel, group channels) and source,
+    with the layer shapes it serves and the dtypes and directions present, sorted by
+    dimension, kernel size and group channels.
 
-    Each specialization is a dict as :func:`collect` lists them (``kernel`` "3x3",
-    ``channels``, ``pattern``, ``dtype``, ``direction``); an optional ``source`` says where
-    it came from (default ``"build"``; run-time specializations can say e.g. ``"jit"``).
+    Each kernel is a dict as :func:`collect` lists them (``kernel`` "3x3",
+    ``group_channels``, ``serves``, ``dtype``, ``direction``); an optional ``source`` says
+    where it came from (default ``"build"``; run-time specializations say ``"jit"``).
     """
     rows: dict[tuple, dict] = {}
     for spec in specializations:
         source = spec.get("source", DEFAULT_SOURCE)
-        key = (spec["kernel"], spec["channels"], spec["pattern"], source)
-        row = rows.setdefault(key, {"kernel": spec["kernel"], "channels": spec["channels"],
-                                    "pattern": spec["pattern"], "source": source,
+        key = (spec["kernel"], spec["group_channels"], spec["serves"], source)
+        row = rows.setdefault(key, {"kernel": spec["kernel"],
+                                    "group_channels": spec["group_channels"],
+                                    "serves": spec["serves"], "source": source,
                                     "dtypes": set(), "directions": set()})
         row["dtypes"].add(spec["dtype"])
         row["directions"].add(spec["direction"])
@@ -138,7 +141,7 @@ def layer_rows(specializations: list[dict]) -> list[dict]:
 
 
 def _row_key(row: dict) -> tuple:
-    return (row["kernel"], row["channels"], row["pattern"], row["source"])
+    return (row["kernel"], row["group_channels"], row["serves"], row["source"])
 
 
 def _cell(row: dict | None) -> str:
@@ -155,19 +158,20 @@ def format_table(header: list[str], body: list[list[str]]) -> list[str]:
     return [render(header), render(["-" * w for w in widths]), *map(render, body)]
 
 
-def layer_table(specializations_by_backend: dict[str, list[dict]]) -> list[str]:
-    """One row per layer shape; per backend the dtypes and directions built ("-": none).
-    A "source" column appears once any specialization has a source other than the build."""
-    per_backend = {backend: {_row_key(r): r for r in layer_rows(specs)}
+def specialization_table(specializations_by_backend: dict[str, list[dict]]) -> list[str]:
+    """One row per specialization (kernel, group channels) with the layer shapes it serves;
+    per backend the dtypes and directions built ("-": none). A "source" column appears once
+    any specialization has a source other than the build."""
+    per_backend = {backend: {_row_key(r): r for r in specialization_rows(specs)}
                    for backend, specs in specializations_by_backend.items()}
     keys = sorted(set().union(*per_backend.values()), key=_row_order)
     with_source = any(source != DEFAULT_SOURCE for *_, source in keys)
-    header = ["kernel", "channels", "pattern"] + (["source"] if with_source else []) + [
-        f"{backend} (dtypes; directions)" for backend in per_backend]
-    body = [[kernel, str(channels), pattern] + ([source] if with_source else [])
-            + [_cell(rows.get((kernel, channels, pattern, source)))
-               for rows in per_backend.values()]
-            for kernel, channels, pattern, source in keys]
+    header = ["kernel", "group C"] + (["source"] if with_source else []) + [
+        f"{backend} (dtypes; directions)" for backend in per_backend] + ["serves layers"]
+    body = [[kernel, str(group_channels)] + ([source] if with_source else [])
+            + [_cell(rows.get((kernel, group_channels, serves, source)))
+               for rows in per_backend.values()] + [serves]
+            for kernel, group_channels, serves, source in keys]
     return format_table(header, body)
 
 
@@ -183,12 +187,14 @@ def _triton_line(triton: dict) -> str:
 
 
 def format_report(info: dict, verbose: bool = False) -> str:
-    """A compact report: build and backend status lines, then one table row per layer
-    shape; ``verbose`` also lists every compiled kernel by name."""
+    """A compact report: build and backend status lines, then one table row per
+    specialization and the layer shapes it serves; ``verbose`` also lists every compiled
+    kernel by name."""
     lines = [f"inverseflow with torch {info['torch']}"]
     build = info["build"]
     if "layers_built" in build:
-        lines.append(f"layer specs built: {len(build['layers_built'])} of {build['layers_total']}"
+        lines.append(f"specializations built (kernel x group channels): "
+                     f"{len(build['layers_built'])} of {build['layers_total']}"
                      + (f" (filter {build['spec_filter']!r})" if build.get("spec_filter") else ""))
     lines.append(f"cuda build: {build.get('cuda')}")
     choice = info["form_choice"]
@@ -220,8 +226,9 @@ def format_report(info: dict, verbose: bool = False) -> str:
     for backend, specs in info.get("jit", {}).get("specializations", {}).items():
         built.setdefault(backend, []).extend(specs)  # rows with source "jit"
     if built:
-        lines += ["", "specialized layer shapes (any other shape runs the generic kernel):"]
-        lines += ["  " + line for line in layer_table(built)]
+        lines += ["", "specializations, each serving every layer shape of its kernel and group "
+                      "size (any other shape runs the generic kernel):"]
+        lines += ["  " + line for line in specialization_table(built)]
     if verbose:
         for backend, specs in built.items():
             lines += ["", f"[{backend}] kernels:"] + [f"    {s['name']}" for s in specs]

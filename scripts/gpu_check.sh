@@ -36,7 +36,7 @@ cat "$OUT/tests.log.part" >>"$OUT/tests.log"; rm -f "$OUT/tests.log.part"
 step triton "$OUT/triton.log" $PY scripts/triton_gpu_check.py --out "$OUT/triton_gpu.json"
 # Registers, spills and shared memory of one generated specialization (nvcc -Xptxas -v).
 step ptxas "$OUT/ptxas.txt" nvcc -std=c++17 -O3 -arch=sm_90 -Xptxas -v -Icsrc -c \
-  generated/cuda/invconv_k3x3_c12_tl_cuda.cu -o /tmp/ptxas_probe.o
+  generated/cuda/invconv_k3x3_g12_cuda.cu -o /tmp/ptxas_probe.o
 
 {
   echo "{"

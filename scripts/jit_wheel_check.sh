@@ -18,7 +18,7 @@ BUILD_DIR=${BUILD_DIR:-/tmp/jitvenv-build}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
-INVERSEFLOW_SPECS=${INVERSEFLOW_SPECS:-invconv_k3x3_c12_tl} "$VENV/bin/python" -m pip install -q \
+INVERSEFLOW_SPECS=${INVERSEFLOW_SPECS:-invconv_k3x3_g12$} "$VENV/bin/python" -m pip install -q \
   "$ROOT[jit]" -C build-dir="$BUILD_DIR" -C cmake.define.INVERSEFLOW_CUDA=OFF
 
 WORK=$(mktemp -d)
@@ -48,7 +48,7 @@ weight = 0.03 * torch.randn(16, 16, 3, 3, generator=gen)
 y = torch.randn(8, 16, 8, 8, generator=gen)
 x, name = _dispatch.solve(y, weight, "TL")
 x_generic, generic = _dispatch.solve(y, weight, "TL", force_generic=True)
-assert name == "invconv_k3x3_c16_tl_f32_solve_cpu" and name in names, (name, names)
+assert name == "invconv_k3x3_g16_f32_solve_cpu" and name in names, (name, names)
 assert generic == "generic"
 difference = (x - x_generic).abs().max().item()
 assert difference < 1e-5, difference

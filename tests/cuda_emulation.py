@@ -92,12 +92,14 @@ def cpu_flags() -> list[str]:
 
 
 def specialization_stems(shapes_and_patterns) -> list[str]:
-    """Generated CUDA layers (file stems) that serve any of (channels, *kernel, pattern),
-    the kernel given by its 1 to 3 sizes (``(8, 3, "l")``, ``(4, 3, 3, "tl")``,
-    ``(8, 2, 2, 2, "oct")``)."""
+    """Generated CUDA instantiations (file stems: kernel and group channels) that serve any
+    of (channels, *kernel, pattern), the kernel given by its 1 to 3 sizes (``(8, 3, "l")``,
+    ``(4, 3, 3, "tl")``, ``(8, 2, 2, 2, "oct")``); a corner and a group pattern of the same
+    group size share one."""
     stems = set()
     for channels, *kernel, pattern in shapes_and_patterns:
-        stem = f"invconv_k{'x'.join(str(k) for k in kernel)}_c{channels}_{pattern.lower()}"
+        group_channels = channels // {"quad": 4, "pair": 2, "oct": 8}.get(pattern.lower(), 1)
+        stem = f"invconv_k{'x'.join(str(k) for k in kernel)}_g{group_channels}"
         if (GENERATED_CUDA / f"{stem}_cuda.cu").exists():
             stems.add(stem)
     return sorted(stems)

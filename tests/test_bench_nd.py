@@ -132,7 +132,7 @@ def test_nd_shapes_cover_the_specialized_layers():
     """Every 1-D and 3-D layer of specs.toml that the build has is measured."""
     built = {s for s in _backends.build_info().get("layers_built", [])
              if s.count("x") != 1}                                 # not 2-D
-    measured = {f"invconv_k{'x'.join(map(str, k))}_c{c}_{o.lower()}"
+    measured = {f"invconv_k{'x'.join(map(str, k))}_g{_dispatch.group_channels(c, o)}"
                 for shapes in nd_solve.SHAPES.values() for c, k, o, _ in shapes}
     assert built <= measured
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from codegen.spec import DIRECTIONS, DTYPES, parse_specs
+from codegen.spec import DIRECTIONS, DTYPES, by_file, fold, parse_specs
 from inverseflow import info
 from inverseflow.ops import _backends
 
@@ -40,11 +40,12 @@ def test_info_lists_backends_and_specializations():
         data["build"]["layers_built"])
     assert "cuda" in data["build"]
     report = info.format_report(data)
-    assert "[cpu] built" in report and "invconv_k3x3_c12_tl_f32_solve_cpu" not in report
+    assert "[cpu] built" in report and "invconv_k3x3_g12_f32_solve_cpu" not in report
     rows = [line.split() for line in report.splitlines()]
-    assert ["3x3", "12", "tl", "f32", "f64;", "solve", "transposed", "conv"] == rows[
-        [r[:3] for r in rows].index(["3x3", "12", "tl"])][:8]
-    assert "invconv_k3x3_c12_tl_f32_solve_cpu" in info.format_report(data, verbose=True)
+    row = rows[[r[:2] for r in rows].index(["3x3", "12"])]
+    assert ["3x3", "12", "f32", "f64;", "solve", "transposed", "conv"] == row[:7]
+    assert " ".join(row).endswith("tl/tr/bl/br C=12, quad C=48")   # the shapes it serves
+    assert "invconv_k3x3_g12_f32_solve_cpu" in info.format_report(data, verbose=True)
     cli = subprocess.run([sys.executable, "-m", "inverseflow", "info", "--json"],
                          capture_output=True, text=True, check=True)
     assert json.loads(cli.stdout)["backends"]["cpu"]["built"]
@@ -69,14 +70,14 @@ def test_build_pruning_keeps_only_matching_layers(tmp_path):
     pybind11 = pytest.importorskip("pybind11")
     result = subprocess.run(
         ["cmake", "-S", str(ROOT), "-B", str(tmp_path), "-DINVERSEFLOW_CUDA=OFF",
-         "-DINVERSEFLOW_SPECS=k3x3_c12_", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+         "-DINVERSEFLOW_SPECS=k3x3_g(12|3)$", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
          f"-DPython_EXECUTABLE={sys.executable}"],
         capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    total = len(parse_specs((ROOT / "codegen" / "specs.toml").read_text()))
-    assert f"building 2 of {total} layer specializations" in result.stdout
+    total = len(by_file(fold(parse_specs((ROOT / "codegen" / "specs.toml").read_text()), "cpu")))
+    assert f"building 2 of {total} specializations" in result.stdout
     built = (tmp_path / "build_info.h").read_text()
-    assert '"invconv_k3x3_c12_tl", "invconv_k3x3_c12_quad"' in built
+    assert '"invconv_k3x3_g12", "invconv_k3x3_g3"' in built
     assert "disabled by INVERSEFLOW_CUDA=OFF" in built
 
 
@@ -85,7 +86,7 @@ def _configure_build_info(source: Path, build: Path) -> dict:
     pybind11 = pytest.importorskip("pybind11")
     result = subprocess.run(
         ["cmake", "-S", str(source), "-B", str(build), "-DINVERSEFLOW_CUDA=OFF",
-         "-DINVERSEFLOW_SPECS=k3x3_c12_", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+         "-DINVERSEFLOW_SPECS=k3x3_g12$", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
          f"-DPython_EXECUTABLE={sys.executable}"],
         capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -10,7 +10,8 @@ import pytest
 
 from codegen import render
 from codegen.__main__ import main as codegen_main
-from codegen.spec import Layer, SpecError, parse_kernel, parse_specs
+from codegen.spec import (DIRECTIONS, DTYPES, Layer, SpecError, fold, parse_kernel,
+                          parse_specs)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,13 +82,41 @@ def test_kernel_parsing():
 
 
 def test_names_follow_the_axis_order():
-    layer = Layer(2, 3, 12, "quad")
-    assert layer.stem == "invconv_k2x3_c12_quad"
-    assert layer.filename("cuda") == "cuda/invconv_k2x3_c12_quad_cuda.cu"
-    symbols = [s.symbol for s in layer.specs("cpu")]
-    assert symbols == [f"invconv_k2x3_c12_quad_{d}_{r}_cpu"
-                       for d in ("f32", "f64") for r in ("solve", "transposed", "conv")]
-    assert len({s.key for s in layer.specs("cpu")}) == 6
+    layer = Layer(2, 3, 12, "quad")   # 3 channels per group
+    assert layer.stem == "invconv_k2x3_g3"
+    assert layer.filename("cuda") == "cuda/invconv_k2x3_g3_cuda.cu"
+    insts = layer.instantiations("cpu")
+    assert [i.symbol for i in insts] == [f"invconv_k2x3_g3_{d}_{r}_cpu" for d in ("f32", "f64")
+                                         for r in ("solve", "transposed", "conv")]
+    assert len({i.key for i in insts}) == 6
+    assert insts[0].key == (2, 1, 2, 3, 3, "float32", "solve")
+    assert insts[0].filename == "cpu/invconv_k2x3_g3_cpu.cpp" and insts[0].layers == (layer,)
+
+
+def test_layers_of_one_group_size_fold_onto_one_instantiation():
+    tl, quad = Layer(3, 3, 12, "tl"), Layer(3, 3, 48, "quad")
+    for backend in ("cpu", "cuda"):
+        folded = fold([tl, quad], backend)
+        # One instantiation per dtype and direction, serving both listed layers.
+        assert len(folded) == len(DTYPES) * len(DIRECTIONS) == len({i.key for i in folded})
+        assert all(i.layers == (tl, quad) and i.group_channels == 12 for i in folded)
+        assert ("br", 12) in folded[0].serves() and ("quad", 48) in folded[0].serves()
+    outputs = render.render_all([tl, quad])
+    kernel_files = sorted(p for p in outputs if "registry" not in p and p.endswith((".cpp", ".cu")))
+    assert kernel_files == ["cpu/invconv_k3x3_g12_cpu.cpp", "cuda/invconv_k3x3_g12_cuda.cu"]
+    for backend, registry in render.REGISTRY_FILE.items():
+        text = outputs[registry]
+        for inst in fold([tl, quad], backend):
+            assert text.count(f"void {inst.symbol}(") == 1 and text.count(f'"{inst.symbol}"') == 1
+        assert text.count("cpu::solve") + text.count("cuda::solve") == 0   # declares only
+    assert outputs["cpu/invconv_k3x3_g12_cpu.cpp"].count("cpu::solve<float, 12, 1, 3, 3,") == 3
+    # Different dimensions or kernels never fold; a group pattern of another size neither.
+    assert len(fold([tl, Layer(3, 3, 12, "quad"), Layer(1, 3, 12, "l")], "cpu")) == 3 * 6
+    # dtypes and directions of the folded layers are united.
+    only32 = Layer(3, 3, 12, "br", dtypes=("float32",), directions=("solve",))
+    assert {(i.dtype, i.direction) for i in fold([only32, Layer(3, 3, 48, "quad",
+            dtypes=("float64",))], "cpu")} == {("float32", "solve")} | {
+                ("float64", r) for r in DIRECTIONS}
 
 
 def test_every_generated_file_is_stamped_and_listed():
@@ -140,8 +169,12 @@ def test_add_appends_a_layer_and_regenerates(tmp_path, monkeypatch):
     assert codegen_main(["add", "--kernel", "5x5", "--channels", "24", "--pattern", "quad"]) == 0
     layers = parse_specs(specs.read_text())
     assert layers[-1] == Layer(5, 5, 24, "quad")
-    assert (out / "cpu" / "invconv_k5x5_c24_quad_cpu.cpp").exists()
-    assert "invconv_k5x5_c24_quad" in (out / "sources.cmake").read_text()
+    assert (out / "cpu" / "invconv_k5x5_g6_cpu.cpp").exists()
+    assert "invconv_k5x5_g6" in (out / "sources.cmake").read_text()
+    # A layer that an instantiation already serves (5x5 tl C=6 is quad C=24's) adds nothing.
+    before = specs.read_text()
+    assert codegen_main(["add", "--kernel", "5x5", "--channels", "6", "--pattern", "br"]) == 0
+    assert specs.read_text() == before
     # Adding it again changes nothing; a bad one is refused and leaves the file alone.
     before = specs.read_text()
     assert codegen_main(["add", "--kernel", "5x5", "--channels", "24", "--pattern", "quad"]) == 0

@@ -77,11 +77,11 @@ def test_generated_conv_matches_the_dense_oracle(shape, order, dtype, rng):
 def test_specialized_shapes_run_their_generated_conv(rng):
     weight = _weight(12, (3, 3), "quad", rng, torch.float32)
     _, name = _dispatch.solve(torch.randn(2, 12, 4, 4), weight, "quad", _dispatch.CONV)
-    assert name == "invconv_k3x3_c12_quad_f32_conv_cpu"
+    assert name == "invconv_k3x3_g3_f32_conv_cpu"   # 12 / 4 channels per group
     weight = _weight(8, (2, 2, 2), "oct", rng, torch.float64)
     _, name = _dispatch.solve(torch.randn(2, 8, 3, 3, 3, dtype=torch.float64), weight, "oct",
                               _dispatch.CONV)
-    assert name == "invconv_k2x2x2_c8_oct_f64_conv_cpu"
+    assert name == "invconv_k2x2x2_g1_f64_conv_cpu"
 
 
 @pytest.mark.parametrize("order", ["TL", "BR", "quad"])

@@ -191,6 +191,31 @@ def test_emulated_matches_cpu(emu, cpu_ref, shape, order, path, rng):
             assert err <= TOL[dtype], f"{what} ({name}) vs the shipped CPU module: {err:.3e}"
 
 
+@pytest.mark.parametrize("order,channels", [("TL", 12), ("TR", 12), ("BL", 12), ("BR", 12),
+                                            ("quad", 48)])
+def test_folded_registry_serves_every_corner_and_quad(emu, order, channels, rng):
+    """One <12, 3x3> instantiation (the emulation is built with the stems of STEMS, which
+    hold it once, for TL C=12) runs TL/TR/BL/BR C=12 and quad C=48 (DESIGN.md §17), on the
+    shared-x path, against the dense oracle; a group size with none runs the generic kernel."""
+    assert "invconv_k3x3_g12" in STEMS
+    shape = (2, channels, 4, 5, 3, 3)
+    for dtype in DTYPES:
+        for direction in DIRECTIONS:
+            y, weight = _inputs(shape, order, dtype, rng)
+            _force_path(emu, "shared_x", shape, order, dtype)
+            x, name, launches = _emulated(emu, y, weight, order, direction)
+            assert name.startswith("invconv_k3x3_g12_") and name.endswith("_cuda"), name
+            assert "cg=rt" not in launches[0]["kernel"], launches
+            expected = ORACLE[direction](y.double(), weight.double(), order)
+            assert oracle.rel_err(x, expected) <= TOL[dtype], (order, dtype, direction, name)
+    shape = (2, 20, 4, 5, 3, 3)   # quad C=20: 5 channels per group, built nowhere
+    y, weight = _inputs(shape, "quad", torch.float64, rng)
+    _force_path(emu, "shared_x", shape, "quad", torch.float64)
+    x, name = _solve(emu, y, weight, "quad", _dispatch.SOLVE)
+    assert name == "generic"
+    assert oracle.rel_err(x, oracle.inv_conv(y, weight, "quad")) <= TOL[torch.float64]
+
+
 @pytest.mark.parametrize("order", ["TL", "quad"])
 @pytest.mark.parametrize("shape", SHAPES[:4], ids=_shape_id)  # the specialized ones
 def test_generic_kernel_on_specialized_shapes(emu, cpu_ref, shape, order, rng):

@@ -32,7 +32,7 @@ from codegen.spec import DIRECTIONS   # every direction a layer compiles: solve,
 TESTS = Path(__file__).resolve().parent
 # A shape no build specializes (specs.toml has square kernels only): rectangular and quad.
 KERNEL, CHANNELS, ORDER = (2, 3), 8, "quad"
-STEM = "invconv_k2x3_c8_quad"
+STEM = "invconv_k2x3_g2"   # the instantiation: kernel 2x3, 8 / 4 = 2 channels per group
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
@@ -199,7 +199,7 @@ NO_COMPILER_CHILD = """
     from inverseflow.ops import _dispatch
     g = torch.Generator().manual_seed(3)
     report = []
-    for channels, order in ((6, "TL"), (12, "BR")):
+    for channels, order in ((5, "TL"), (16, "BR")):   # no built 3x3 g5 or g16
         w = oracle.random_weight(channels, 3, 3, order, g)
         y = torch.randn(2, channels, 5, 4, generator=g, dtype=torch.float64)
         for _ in range(2):
@@ -235,9 +235,9 @@ def test_explicit_specialize_without_a_compiler_raises_a_clear_error(cache_env, 
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.delenv("CUDACXX", raising=False)
     with pytest.raises(jit.ToolchainError, match="not on PATH"):
-        jit.specialize(3, 6, "TR")
+        jit.specialize(3, 5, "TR")
     with pytest.raises(jit.ToolchainError, match="nvcc"):
-        jit.specialize(3, 6, "TR", device="cuda")
+        jit.specialize(3, 5, "TR", device="cuda")
 
 
 @pytest.fixture
@@ -253,7 +253,7 @@ def failing_compiler(tmp_path, monkeypatch):
 
 def test_a_compiler_error_is_reported_and_leaves_no_entry(cache_env, failing_compiler):
     with pytest.raises(jit.CompileError, match="the test compiler refuses") as info:
-        jit.specialize(3, 6, "BL")
+        jit.specialize(3, 5, "BL")
     assert "full log" in str(info.value)
     assert not [p for p in (cache_env / "jit").iterdir() if not p.name.startswith(".")]
     assert not list((cache_env / "jit" / ".tmp").iterdir())
@@ -327,7 +327,7 @@ def test_unknown_device_is_a_value_error():
 
 def test_a_shape_the_build_specializes_needs_no_compile(cache_env):
     names = jit.specialize(3, 12, "TL")
-    assert sorted(names) == sorted(f"invconv_k3x3_c12_tl_{d}_{r}_cpu"
+    assert sorted(names) == sorted(f"invconv_k3x3_g12_{d}_{r}_cpu"
                                    for d in ("f32", "f64") for r in DIRECTIONS)
     assert not (cache_env / "jit").exists()
 
@@ -349,6 +349,26 @@ def test_cuda_module_compiles_with_nvcc(compiled, tmp_path):
     assert any(flag.startswith("--generate-code") for flag in manifest["flags"])
 
 
+@pytest.mark.parametrize("order", ["TL", "BR", "TR"])
+def test_one_run_time_module_serves_every_corner_of_its_group_size(compiled, order, rng):
+    """The cache is keyed like the build (kernel, group channels): the module specialized
+    for quad C=8 (2 per group) runs every corner with C=2, and asking for one of them again
+    finds it without a compile (DESIGN.md §17)."""
+    cache, names = compiled
+    saved = _set_cache(cache)
+    try:
+        before = sorted(p.name for p in (cache / "jit").iterdir())
+        assert sorted(jit.specialize(KERNEL, CHANNELS // 4, order)) == sorted(names)
+        assert sorted(p.name for p in (cache / "jit").iterdir()) == before
+    finally:
+        _restore_cache(saved)
+    weight = oracle.random_weight(CHANNELS // 4, *KERNEL, order, rng)
+    y = torch.randn(3, CHANNELS // 4, 5, 6, generator=rng, dtype=torch.float64)
+    x, name = _dispatch.solve(y, weight, order)
+    assert name == f"{STEM}_f64_solve_cpu"
+    assert oracle.rel_err(x, oracle.inv_conv(y, weight, order)) < 1e-10
+
+
 def test_cli_lists_and_clears_the_cache_and_info_shows_it(compiled, tmp_path, monkeypatch,
                                                          capsys):
     from inverseflow import cli, info
@@ -360,8 +380,9 @@ def test_cli_lists_and_clears_the_cache_and_info_shows_it(compiled, tmp_path, mo
     assert cli.main(["jit", "--list"]) == 0
     assert STEM in capsys.readouterr().out
     rows = info.collect()["jit"]["specializations"]["cpu"]
-    assert {(r["kernel"], r["channels"], r["pattern"], r["source"]) for r in rows} >= {
-        ("2x3", CHANNELS, ORDER, "jit")}
+    assert {(r["kernel"], r["group_channels"], r["source"]) for r in rows} >= {
+        ("2x3", CHANNELS // 4, "jit")}
+    assert all(f"quad C={CHANNELS}" in r["serves"] for r in rows if r["source"] == "jit")
     assert cli.main(["jit", "--clear"]) == 0
     assert "removed" in capsys.readouterr().out
     assert jit.cached() == []
@@ -397,7 +418,7 @@ def test_bench_jit_section_structure(monkeypatch, tmp_path):
     monkeypatch.setattr(jit_speedup, "SHAPES", [(8, "quad")])
     result = jit_speedup.run("cpu", quick=True)
     (row,) = result["shapes"]
-    assert row["kernel_after"] == "invconv_k3x3_c8_quad_f32_solve_cpu"
+    assert row["kernel_after"] == "invconv_k3x3_g2_f32_solve_cpu"
     assert row["max_abs_difference"] < 1e-5
     assert row["speedup_solve"] > 0 and row["timings"]["jit_solve"]["rounds"] == 5
     assert "C=8 quad" in jit_speedup.format_report(result)
@@ -441,10 +462,10 @@ def test_nd_shape_is_specialized_and_matches_the_dense_oracle(cache_env, kernel,
     import oracle_nd
 
     names = jit.specialize(kernel, channels, order)
-    stem = f"invconv_k{'x'.join(map(str, kernel))}_c{channels}_{order.lower()}"
+    groups = 2 ** len(kernel) if order in ("pair", "oct") else 1
+    stem = f"invconv_k{'x'.join(map(str, kernel))}_g{channels // groups}"
     assert sorted(names) == sorted(f"{stem}_{d}_{r}_cpu" for d in ("f32", "f64")
                                    for r in DIRECTIONS)
-    groups = 2 ** len(kernel) if order in ("pair", "oct") else 1
     weight = 0.3 / max(kernel) * torch.randn(channels, channels // groups, *kernel,
                                              generator=rng, dtype=torch.float64)
     y = torch.randn(3, channels, *spatial, generator=rng, dtype=torch.float64)

@@ -83,10 +83,10 @@ def _plant(root: Path, shape=SHAPE, library: bytes = b"\x7fELF planted code") ->
     _cache.write_manifest(entry, {
         "key": key, "stem": layer.stem, "backend": "cpu", "module": name,
         "library": name + toolchain.ext_suffix, "kernel": f"{layer.kh}x{layer.kw}",
-        "channels": layer.channels, "pattern": layer.pattern,
-        "kernels": [s.symbol for s in layer.specs("cpu")],
-        "specializations": [{"name": s.symbol, "dtype": s.dtype, "direction": s.direction}
-                            for s in layer.specs("cpu")],
+        "group_channels": layer.group_channels, "serves": "tl/tr/bl/br",
+        "kernels": [i.symbol for i in layer.instantiations("cpu")],
+        "specializations": [{"name": i.symbol, "dtype": i.dtype, "direction": i.direction}
+                            for i in layer.instantiations("cpu")],
         "compile_seconds": 1.0, "created": "2026-11-30T00:00:00+00:00",
         **toolchain.describe()})
     return entry
@@ -305,15 +305,15 @@ def test_clear_finishes_when_another_process_removed_an_entry_first(cache, monke
     assert not first.exists() and not second.exists()
 
 
-@pytest.mark.parametrize("spoil", ["no backend", "channels a string", "not an object",
+@pytest.mark.parametrize("spoil", ["no backend", "group channels a string", "not an object",
                                    "unknown backend"])
 def test_list_and_info_tolerate_an_invalid_manifest(cache, capsys, spoil):
     good, bad = _plant(cache), _plant(cache, OTHER_SHAPE)
     manifest = json.loads((bad / "manifest.json").read_text())
     if spoil == "no backend":
         del manifest["backend"]
-    elif spoil == "channels a string":
-        manifest["channels"] = "6"
+    elif spoil == "group channels a string":
+        manifest["group_channels"] = "6"
     elif spoil == "unknown backend":
         manifest["backend"] = "tpu"
     else:
@@ -322,12 +322,12 @@ def test_list_and_info_tolerate_an_invalid_manifest(cache, capsys, spoil):
 
     assert cli.main(["jit", "--list"]) == 0
     out = capsys.readouterr().out
-    assert f"{bad.name}: corrupt" in out and "invconv_k2x3_c5_tl [cpu]" in out, out
+    assert f"{bad.name}: corrupt" in out and "invconv_k2x3_g5 [cpu]" in out, out
     assert cli.main(["jit", "--list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["path"]: r["status"] == "ok" for r in rows} == {str(good): True, str(bad): False}
     jit_rows = info.collect()["jit"]["specializations"]["cpu"]
-    assert {(r["kernel"], r["channels"]) for r in jit_rows} == {("2x3", 5)}
+    assert {(r["kernel"], r["group_channels"]) for r in jit_rows} == {("2x3", 5)}
     assert cli.main(["info"]) == 0
 
 

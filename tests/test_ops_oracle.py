@@ -126,7 +126,7 @@ def test_transposed_matches_oracle(shape, order, dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 @pytest.mark.parametrize("shape", SPECIALIZED_SHAPES,
                          ids=["B{}C{}H{}W{}k{}x{}".format(*s) for s in SPECIALIZED_SHAPES])
-@pytest.mark.parametrize("order", ["TL", "quad"])
+@pytest.mark.parametrize("order", ORDERS)   # every corner runs the specialization too
 def test_specialized_matches_generic(order, shape, dtype, direction, rng):
     y, weight = _inputs(shape, order, dtype, rng)
     x_spec, name = _dispatch.solve(y, weight, order, direction)
@@ -140,8 +140,10 @@ def test_specialized_matches_generic(order, shape, dtype, direction, rng):
                         + _describe(shape, order, dtype, name))
 
 
+# A specialization is named by its kernel and group channels, whichever layer shape it serves.
 SPECIALIZED_NAMES = [(12, 3, 3, "TL"), (12, 3, 3, "quad"), (4, 2, 2, "TL"), (8, 3, 3, "quad"),
-                     (24, 2, 2, "quad"), (48, 3, 3, "TL")]
+                     (24, 2, 2, "quad"), (48, 3, 3, "TL"), (12, 3, 3, "BR"), (4, 2, 2, "BL"),
+                     (48, 3, 3, "quad"), (16, 3, 3, "quad"), (24, 3, 3, "TR")]
 
 
 @pytest.mark.parametrize("direction", [0, 1], ids=["solve", "transposed"])
@@ -151,15 +153,16 @@ def test_specialized_kernel_is_used(channels, kh, kw, order, dtype, direction, r
     y, weight = _inputs((2, channels, 2, 3, kh, kw), order, dtype, rng)
     _, name = _dispatch.solve(y, weight, order, direction)
     assert name != "generic", f"{channels=} {kh}x{kw} {order} {dtype} {direction=}"
-    tags = [f"k{kh}x{kw}", f"c{channels}", order.lower(),
+    tags = [f"k{kh}x{kw}", f"g{channels // (4 if order == 'quad' else 1)}",
             "f64" if dtype == torch.float64 else "f32",
             "solve" if direction == 0 else "transposed", "cpu"]
     for tag in tags:
         assert tag in name.split("_"), f"{tag!r} not in kernel name {name!r}"
 
 
-GENERIC_ONLY = [(12, 3, 3, "TR"), (12, 3, 3, "BR"), (12, 2, 3, "TL"), (5, 3, 3, "TL"),
-                (16, 3, 3, "quad"), (12, 1, 1, "TL")]
+# No built instantiation has these kernels and group channels (quad C=20: 5 per group).
+GENERIC_ONLY = [(7, 3, 3, "BR"), (12, 2, 3, "TL"), (5, 3, 3, "TL"), (20, 3, 3, "quad"),
+                (12, 1, 1, "TL"), (36, 3, 3, "quad")]
 
 
 @pytest.mark.parametrize("channels,kh,kw,order", GENERIC_ONLY)

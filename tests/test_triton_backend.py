@@ -361,12 +361,10 @@ def test_launch_table_folds_layers_by_what_the_program_depends_on():
     specs = triton_target.triton_specs(layers)
     by_key = {s.key: s for s in specs}
     entry = by_key[(2, (3, 3), 12, "float32", "solve")]
-    assert entry.layers == ("invconv_k3x3_c12_tl", "invconv_k3x3_c48_quad",
-                            "invconv_k3x3_c12_br")
-    assert by_key[(1, (3,), 8, "float64", "conv")].layers == ("invconv_k3_c8_l",
-                                                              "invconv_k3_c16_pair")
+    assert entry.layers == ("k3x3_c12_tl", "k3x3_c48_quad", "k3x3_c12_br")
+    assert by_key[(1, (3,), 8, "float64", "conv")].layers == ("k3_c8_l", "k3_c16_pair")
     assert by_key[(3, (2, 2, 2), 1, "float64", "transposed")].layers == (
-        "invconv_k2x2x2_c8_oct", "invconv_k2x2x2_c1_fbr")
+        "k2x2x2_c8_oct", "k2x2x2_c1_fbr")
     assert len(specs) == 3 * 6
     table = launch.launch_table()
     for spec in triton_target.triton_specs(oracle_layers()):
@@ -448,7 +446,7 @@ def test_info_shows_the_triton_backend():
     assert "walk2d_k3x3_cg12_f32_solve" in names
     report = info.format_report(info.collect(), verbose=True)
     assert f"[triton] Triton {entry['version']}, interpreted (TRITON_INTERPRET=1)" in report
-    assert "walk2d_k3x3_cg12_f32_solve (invconv_k3x3_c12_tl, invconv_k3x3_c48_quad)" in report
+    assert "walk2d_k3x3_cg12_f32_solve (k3x3_c12_tl, k3x3_c48_quad)" in report
 
 
 def test_folded_weight_follows_in_place_updates(rng):

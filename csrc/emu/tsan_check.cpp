@@ -59,14 +59,10 @@ cuda::DeviceLimits limits_for(const Case& c, int path, int elem) {
 }
 
 SolveFn lookup(const Case& c, int dtype, int direction, SolveFn generic, std::string* name) {
-  for (int i = 0; i < kNumSpecializations; ++i) {
-    const SpecEntry& e = kSpecializations[i];
-    if (e.kd == c.kd && e.kh == c.kh && e.kw == c.kw && e.channels == c.channels &&
-        e.pattern == c.pattern &&
-        e.dtype == dtype && e.direction == direction) {
-      *name = e.name;
-      return e.fn;
-    }
+  if (const SpecEntry* e = find_specialization(c.kd, c.kh, c.kw, c.channels, c.pattern, dtype,
+                                               direction)) {
+    *name = e->name;
+    return e->fn;
   }
   *name = "generic";
   return generic;

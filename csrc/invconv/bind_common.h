@@ -17,17 +17,6 @@ namespace py = pybind11;
 // generic[dtype][direction]: the runtime-shape kernel of the backend.
 using GenericTable = SolveFn[2][kNumDirections];
 
-inline const SpecEntry* find_specialization(int kd, int kh, int kw, int64_t channels,
-                                            int pattern, int dtype, int direction) {
-  for (int i = 0; i < kNumSpecializations; ++i) {
-    const SpecEntry& e = kSpecializations[i];
-    if (e.kd == kd && e.kh == kh && e.kw == kw && e.channels == channels &&
-        e.pattern == pattern && e.dtype == dtype && e.direction == direction)
-      return &e;
-  }
-  return nullptr;
-}
-
 inline void define_common(py::module_& m, const GenericTable& generic) {
   m.def(
       "solve",
@@ -78,8 +67,7 @@ inline void define_common(py::module_& m, const GenericTable& generic) {
       d["kd"] = e.kd;
       d["kh"] = e.kh;
       d["kw"] = e.kw;
-      d["channels"] = e.channels;
-      d["pattern"] = e.pattern;
+      d["group_channels"] = e.group_channels;
       d["dtype"] = e.dtype;
       d["direction"] = e.direction;
       out.append(d);

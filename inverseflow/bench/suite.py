@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..models import from_preset
 from ..models.timing import placement_timings, timings_ms
 from ..ops import _dispatch, _geometry, inv_conv2d
-from . import baselines
+from . import baselines, fma_peak
 from .environment import environment
 from .memory import LargestAllocation
 
@@ -111,10 +111,17 @@ def op_case(batch, channels, size, kernel, order="TL", dtype=torch.float32, devi
     if device == "cuda":
         floors["memory_floor_us"] = 2 * y.numel() * y.element_size() / H200_HBM_BYTES_PER_S * 1e6
         floors["over_memory_floor"] = med["inv_conv2d"] * 1e3 / floors["memory_floor_us"]
-    return {"shape": [batch, channels, size, width], "kernel": kernel, "order": order,
-            "dtype": str(dtype).removeprefix("torch."), "device": device,
-            "kernel_used": _dispatch.solve(y, weight, order)[1], "times": t,
-            "ratios": ratios, "memory": memory, "floors": floors}
+    result = {"shape": [batch, channels, size, width], "kernel": kernel, "order": order,
+              "dtype": str(dtype).removeprefix("torch."), "device": device,
+              "kernel_used": _dispatch.solve(y, weight, order)[1], "times": t,
+              "ratios": ratios, "memory": memory, "floors": floors}
+    if device == "cpu":   # useful GFLOP/s and the fraction of the CPU's FMA peak (issue 27)
+        peak = fma_peak.cpu_peak(dtype)
+        flops = fma_peak.useful_flops(batch, channels, (size, width), (kernel, kernel), groups)
+        result["useful_rate"] = {name: fma_peak.rate(flops, med[name], peak) for name in
+                                 ("inv_conv2d", "inv_conv2d_generic", "transposed_solve",
+                                  "conv2d")}
+    return result
 
 
 def model_case(preset: str, batch: int, device: str, repeats: int) -> dict:
@@ -163,7 +170,11 @@ def run(device: str = "cpu", quick: bool = False, log=print) -> dict:
             m = model_case(preset, b, device, repeats=(3 if quick else 5) * (6 if b == 1 else 1))
             models.append(m)
             log(_model_line(m))
-    return {"environment": environment(device), "ops": ops, "sweeps": sweeps, "models": models}
+    result = {"environment": environment(device), "ops": ops, "sweeps": sweeps,
+              "models": models}
+    if device == "cpu":
+        result["fma_peak"] = fma_peak.cpu_peak(torch.float32)
+    return result
 
 
 def _sweep_point(batch, size, device, repeats) -> dict:
@@ -186,7 +197,14 @@ def _op_line(r) -> str:
     return (f"{b}x{c}x{h}x{w} k={r['kernel']} {r['order']:>4}: inv "
             f"{r['times']['inv_conv2d']['median_ms']:.3f} ms = {q['inv_over_conv']:.2f}x conv, "
             f"fwd+bwd {q['fwd_bwd_inv_over_conv']:.2f}x, generic {q['generic_over_specialized']:.2f}x"
-            f"{extra}; bwd buffer {r['memory']['backward_largest_buffer_over_bchw']:.2f} BCHW")
+            f"{extra}{_rate_text(r)}; bwd buffer {r['memory']['backward_largest_buffer_over_bchw']:.2f} BCHW")
+
+
+def _rate_text(r) -> str:
+    rate = r.get("useful_rate", {}).get("inv_conv2d")
+    if not rate or rate["fraction_of_peak"] is None:
+        return ""
+    return f", {rate['gflops']:.0f} GFLOP/s = {100 * rate['fraction_of_peak']:.0f}% of FMA peak"
 
 
 def _model_line(m) -> str:

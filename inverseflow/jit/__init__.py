@@ -1,9 +1,11 @@
 """Specializing new layer shapes at run time, with a safe on-disk cache (DESIGN.md §11).
 
-``codegen/specs.toml`` lists the layer shapes that the build specializes; any other shape
-runs the generic kernel. :func:`specialize` renders the same templates for one more shape,
-compiles them with the build's compiler and flags, caches the module and adds it to the
-dispatch::
+``codegen/specs.toml`` lists the layer shapes that the build specializes; a shape whose
+(kernel, group channels) no listed layer shares runs the generic kernel. :func:`specialize`
+renders the same templates for one more shape's instantiation (keyed, like the build's, by
+kernel sizes and group channels, so it serves every corner and group pattern of that group
+size), compiles them with the build's compiler and flags, caches the module and adds it to
+the dispatch::
 
     import inverseflow
     inverseflow.jit.specialize(3, 16, "TL")          # then inv_conv2d of that shape uses it
@@ -61,7 +63,8 @@ def cache_lines(entries: list[dict] | None = None) -> list[str]:
 
 def cached_specializations() -> dict[str, list[dict]]:
     """The sound cache entries' kernels per backend, in the form ``inverseflow info`` lists
-    the built ones (name, kernel, channels, pattern, dtype, direction), with source "jit"."""
+    the built ones (name, kernel, group channels, the layer shapes served, dtype, direction),
+    with source "jit"."""
     out: dict[str, list[dict]] = {}
     try:
         entries = cached()
@@ -71,8 +74,9 @@ def cached_specializations() -> dict[str, list[dict]]:
         if entry["status"] != "ok":
             continue
         out.setdefault(entry["backend"], []).extend(
-            {"name": s["name"], "kernel": entry["kernel"], "channels": entry["channels"],
-             "pattern": entry["pattern"], "dtype": s["dtype"], "direction": s["direction"],
+            {"name": s["name"], "kernel": entry["kernel"],
+             "group_channels": entry["group_channels"], "serves": entry["serves"],
+             "dtype": s["dtype"], "direction": s["direction"],
              "source": "jit"}
             for s in entry["specializations"])
     return out

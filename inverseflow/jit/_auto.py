@@ -82,13 +82,16 @@ def on_unspecialized(device_type: str, kernel: tuple, channels: int, order: str)
     the weight's kernel sizes, one per spatial axis)."""
     kernel = tuple(kernel)
     shape = (device_type, kernel, channels, order)
-    if shape in _requested or device_type in _gave_up or _cache_refused.is_set():
+    # Shapes of one group size share an instantiation (a BR C=12 layer and a quad C=48 one):
+    # one compile serves them all.
+    instantiation = (device_type, kernel, _dispatch.group_channels(channels, order))
+    if instantiation in _requested or device_type in _gave_up or _cache_refused.is_set():
         return
     try:
         with _guard:
-            if shape in _requested:
+            if instantiation in _requested:
                 return
-            _requested.add(shape)
+            _requested.add(instantiation)
             _announce(f"specializing kernel {_name(kernel)}, {channels} channels, {order} on "
                       f"{device_type} in the background; the generic kernel runs until it "
                       "is ready")

@@ -1,4 +1,6 @@
-"""Render, compile, cache, load and register the kernels of one layer shape."""
+"""Render, compile, cache, load and register the kernels of one instantiation: a layer
+shape's kernel sizes and group channels, which every corner and group pattern of that group
+size shares (DESIGN.md §17)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ DEVICES = ("cpu", "cuda")
 
 log = logging.getLogger("inverseflow.jit")
 
-_loaded: dict[tuple, tuple] = {}          # (backend, shape) -> (module, kernel names)
+_loaded: dict[tuple, tuple] = {}   # (backend, (kd, kh, kw, group channels)) -> (module, names)
 _key_locks: dict[tuple, threading.Lock] = {}
 _key_locks_guard = threading.Lock()
 _compilers: set[subprocess.Popen] = set()   # compiles in flight, killed at exit
@@ -57,22 +59,28 @@ def check_device(device) -> str:
 
 def describe(layer, backend: str) -> str:
     spec, _ = _codegen()
-    return (f"kernel {spec.kernel_name(layer)}, {layer.channels} channels, pattern "
-            f"{layer.pattern} ({backend})")
+    return (f"kernel {spec.kernel_name(layer)}, {layer.group_channels} channels per group "
+            f"({spec.served_text(layer.dims, layer.group_channels)}; {backend})")
+
+
+def _instantiation_key(layer) -> tuple:
+    """What the run-time registry keys a layer's instantiations on (dims aside)."""
+    return (layer.kd, layer.kh, layer.kw, layer.group_channels)
 
 
 def _built_names(layer, backend: str) -> list[str] | None:
-    """The installed build's kernels for this shape, when it has all of them."""
+    """The installed build's kernels for this shape's instantiation, when it has every
+    dtype and direction of it (whichever layer shape it was listed for)."""
     try:
         module = _backends.module_for(backend)
     except RuntimeError:
         return None
     spec, _ = _codegen()
     rows = [s for s in module.specializations()
-            if (s["kd"], s["kh"], s["kw"], s["channels"], s["pattern"]) == layer.shape_key]
-    wanted = {s.symbol for s in layer.specs(backend)}
-    names = sorted(s["name"] for s in rows)
-    return names if wanted <= set(names) else None
+            if (s["kd"], s["kh"], s["kw"], s["group_channels"]) == _instantiation_key(layer)]
+    wanted = {(i.codes["dtype"], i.codes["direction"]) for i in layer.instantiations(backend)}
+    have = {(s["dtype"], s["direction"]) for s in rows}
+    return sorted(s["name"] for s in rows) if wanted <= have else None
 
 
 def _source_files(render, backend: str) -> dict[str, Path]:
@@ -89,7 +97,7 @@ def _key_payload(layer, backend, toolchain, rendered: dict, render) -> dict:
         render.TEMPLATES.glob("*.j2")) + list(_source_files(render, backend).values())
     return {
         "format": _cache.FORMAT,
-        "layer": [layer.kd, layer.kh, layer.kw, layer.channels, layer.pattern],
+        "instantiation": [layer.dims, layer.kd, layer.kh, layer.kw, layer.group_channels],
         "backend": backend,
         "inputs": {p.name: _cache.sha256_file(p) for p in inputs},
         "rendered": {rel: _cache.sha256_bytes(text.encode()) for rel, text in rendered.items()},
@@ -136,7 +144,9 @@ def _run_compiler(cmd: list[str], cwd: Path) -> tuple[int | str, str]:
 
 
 def cache_key(layer, backend: str) -> tuple:
-    """``(toolchain, rendered sources, key, entry name)`` of one layer shape's module."""
+    """``(toolchain, rendered sources, key, entry name)`` of one layer shape's module: the
+    module of its instantiation, the same for every corner and group pattern of its group
+    size."""
     _, render = _codegen()
     toolchain = _toolchain.for_backend(backend)
     rendered = render.render_layer(layer, backend)
@@ -146,6 +156,7 @@ def cache_key(layer, backend: str) -> tuple:
 
 def _compile(layer, backend, toolchain, rendered, render, entry_name, key) -> Path:
     """Compiles into a fresh workspace, writes the manifest last; returns the workspace."""
+    spec, _ = _codegen()
     workspace = _cache.new_workspace(entry_name)
     try:
         for rel, text in rendered.items():
@@ -169,10 +180,12 @@ def _compile(layer, backend, toolchain, rendered, render, entry_name, key) -> Pa
                                f"{describe(layer, backend)}:\n{tail}\n(full log: {saved})")
         _cache.write_manifest(workspace, {
             "key": key, "stem": layer.stem, "backend": backend, "module": entry_name, "library": library,
-            "kernel": "x".join(str(k) for k in layer.kernel), "channels": layer.channels,
-            "pattern": layer.pattern, "kernels": [s.symbol for s in layer.specs(backend)],
-            "specializations": [{"name": s.symbol, "dtype": s.dtype, "direction": s.direction}
-                                for s in layer.specs(backend)],
+            "kernel": "x".join(str(k) for k in layer.kernel),
+            "group_channels": layer.group_channels,
+            "serves": spec.served_text(layer.dims, layer.group_channels),
+            "kernels": [i.symbol for i in layer.instantiations(backend)],
+            "specializations": [{"name": i.symbol, "dtype": i.dtype, "direction": i.direction}
+                                for i in layer.instantiations(backend)],
             "compile_seconds": round(seconds, 2),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             **toolchain.describe()})
@@ -232,8 +245,10 @@ def specialize(kernel_size, channels, pattern, device="cpu") -> list[str]:
         device: ``"cpu"`` (the C++ compiler of the build) or ``"cuda"`` (nvcc).
 
     Returns:
-        The kernel names, as ``_dispatch.solve`` reports them when they run. A shape the
-        installed build already specializes needs no compile: its built kernels' names.
+        The kernel names, as ``_dispatch.solve`` reports them when they run. They name the
+        instantiation (kernel and group channels, e.g. ``invconv_k3x3_g12_f32_solve_cpu``),
+        which serves every corner and group pattern of that group size: a shape whose
+        instantiation the installed build (or this process) has already needs no compile.
 
     Raises:
         codegen's ``SpecError`` (a ValueError) for an invalid shape, unchanged;
@@ -247,7 +262,7 @@ def specialize(kernel_size, channels, pattern, device="cpu") -> list[str]:
     built = _built_names(layer, backend)
     if built:
         return built
-    shape = (backend, layer.shape_key)
+    shape = (backend, _instantiation_key(layer))
     with _key_lock(shape):
         if shape in _loaded:
             return list(_loaded[shape][1])
@@ -269,11 +284,9 @@ def specialize(kernel_size, channels, pattern, device="cpu") -> list[str]:
                     if manifest is None:
                         raise JitError(f"the new cache entry {entry} is unsound: {problem}")
         module = _load(entry, manifest)
-        names = [s.symbol for s in layer.specs(backend)]
-        spec, _ = _codegen()
+        names = [i.symbol for i in layer.instantiations(backend)]
         _dispatch.register_runtime_module(backend, (layer.kd, layer.kh, layer.kw),
-                                          layer.channels, spec.PATTERN_CODE[layer.pattern],
-                                          module)
+                                          layer.group_channels, module)
         _loaded[shape] = (module, tuple(names))
         return names
 

@@ -35,7 +35,8 @@ import filelock
 from . import _trust
 
 CACHE_ENV = "INVERSEFLOW_CACHE"
-FORMAT = 1                # bump when the layout or the module's interface changes
+# 2: entries are instantiations (kernel, group channels), not layer shapes (DESIGN.md §17).
+FORMAT = 2                # bump when the layout or the module's interface changes
 LOCK_TIMEOUT_S = 1800     # a compile takes seconds to a minute; waiting longer means a hang
 MANIFEST = "manifest.json"
 
@@ -43,7 +44,7 @@ MANIFEST = "manifest.json"
 BACKENDS = ("cpu", "cuda")
 # The manifest fields that readers use, with their types: an entry lacking one is corrupt.
 MANIFEST_FIELDS = {"key": str, "stem": str, "backend": str, "module": str, "library": str,
-                   "library_sha256": str, "kernel": str, "channels": int, "pattern": str,
+                   "library_sha256": str, "kernel": str, "group_channels": int, "serves": str,
                    "kernels": list, "specializations": list, "compile_seconds": (int, float),
                    "created": str, "compiler_version": str}
 

@@ -1,11 +1,14 @@
 """The one place that maps (op, device, spec, dtype) to a compiled kernel.
 
-The compiled modules look the spec up in their generated registry and fall back to the
-generic kernel; this module picks the backend by device and hands over raw pointers. Every
+The compiled modules look the call up in their generated registry and fall back to the
+generic kernel; this module picks the backend by device and hands over raw pointers. A
+specialization is keyed by what its code depends on: kernel sizes, the group's channel
+count (channels / groups of the order), dtype and direction (DESIGN.md §17). So a ``BR``
+C=12 layer, a ``quad`` C=48 layer and a ``TL`` C=12 layer all run the same instantiation. Every
 kernel is 3-D (docs/nd-design.md): 1-D and 2-D data go in with the missing leading axes of
 size 1, which is a view, not a copy.
-Layer shapes specialized at run time (inverseflow.jit) are modules of their own, registered
-here by shape; they come first. With INVERSEFLOW_JIT=1, inverseflow.jit also installs a hook
+Instantiations specialized at run time (inverseflow.jit) are modules of their own, registered
+here by (kernel, group channels); they come first. With INVERSEFLOW_JIT=1, inverseflow.jit also installs a hook
 that hears of every shape that ran the generic kernel.
 """
 
@@ -23,24 +26,32 @@ from ._validate import check_conv_args
 PATTERN_CODE = {"TL": 0, "TR": 1, "BL": 2, "BR": 3, "quad": 4, "pair": 5, "oct": 6,
                 "FTL": 7, "FTR": 8, "FBL": 9, "FBR": 10,
                 "L": 0, "R": 1, "NTL": 0, "NTR": 1, "NBL": 2, "NBR": 3}
+# Channel groups of the group patterns (csrc/invconv/common.h num_groups); a corner has one.
+GROUPS = {"quad": 4, "pair": 2, "oct": 8}
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1}
 # Direction codes (csrc/invconv/common.h): the solve, its transpose, and the causal conv
 # y = T x itself (the generated kernel of the sampling pass, DESIGN.md §15).
 SOLVE, TRANSPOSED, CONV = 0, 1, 2
 
-# (device type, kd, kh, kw, channels, pattern code) -> run-time module (same `solve`
-# interface).
+# (device type, kd, kh, kw, group channels) -> run-time module (same `solve` interface).
 _runtime_modules: dict[tuple, object] = {}
 # Called as hook(device_type, kernel, channels, order) after a generic kernel ran, with
 # `kernel` the weight's kernel sizes (one per spatial axis); never raises.
 _unspecialized_hook = None
 
 
-def register_runtime_module(device_type: str, kernel3d: tuple[int, int, int], channels: int,
-                            pattern_code: int, module) -> None:
-    """Routes one layer shape (its kernel as (kd, kh, kw)) on one device type to a module
-    built at run time."""
-    _runtime_modules[(device_type, *kernel3d, channels, pattern_code)] = module
+def group_channels(channels: int, order: str) -> int:
+    """The channel count of one group: what a specialization is keyed on besides the
+    kernel (every corner and group pattern with this group size shares it)."""
+    return channels // GROUPS.get(order, 1)
+
+
+def register_runtime_module(device_type: str, kernel3d: tuple[int, int, int],
+                            group_size: int, module) -> None:
+    """Routes one instantiation (its kernel as (kd, kh, kw) and group channels) on one
+    device type to a module built at run time: every corner and group pattern of that group
+    size then runs it."""
+    _runtime_modules[(device_type, *kernel3d, group_size)] = module
     _autotune.rules_changed()   # the fixed rule reads which shapes are specialized
 
 
@@ -50,10 +61,11 @@ def is_specialized(device_type: str, kernel: tuple, channels: int, order: str,
     on this device type in ``direction``: a fact of the build, which the fixed rule of
     ``_form_rules`` may use (it runs no kernel and reads no clock)."""
     kd, kh, kw = (1,) * (3 - len(kernel)) + tuple(kernel)
-    if (device_type, kd, kh, kw, channels, PATTERN_CODE[order]) in _runtime_modules:
+    group = group_channels(channels, order)
+    if (device_type, kd, kh, kw, group) in _runtime_modules:
         return True
-    return (kd, kh, kw, channels, PATTERN_CODE[order], DTYPE_CODE.get(dtype),
-            direction) in _specialized_shapes(device_type)
+    return (kd, kh, kw, group, DTYPE_CODE.get(dtype), direction) in _specialized_shapes(
+        device_type)
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,7 +74,7 @@ def _specialized_shapes(device_type: str) -> frozenset:
         module = _backends.module_for(device_type)
     except RuntimeError:   # not built: nothing is specialized
         return frozenset()
-    return frozenset((e["kd"], e["kh"], e["kw"], e["channels"], e["pattern"], e["dtype"],
+    return frozenset((e["kd"], e["kh"], e["kw"], e["group_channels"], e["dtype"],
                       e["direction"]) for e in module.specializations())
 
 
@@ -92,7 +104,7 @@ def solve(y: torch.Tensor, weight: torch.Tensor, order: str, direction: int = SO
     kd, kh, kw = (1,) * (3 - dims) + tuple(weight.shape[2:])
     if not force_generic and _runtime_modules:
         module = _runtime_modules.get(
-            (device_type, kd, kh, kw, channels, PATTERN_CODE[order]), module)
+            (device_type, kd, kh, kw, group_channels(channels, order)), module)
     args = (y.data_ptr(), weight.data_ptr(), x.data_ptr(), batch, channels, depth, height,
             width, kd, kh, kw, PATTERN_CODE[order], DTYPE_CODE[y.dtype], direction,
             torch.get_num_threads())
