@@ -61,10 +61,11 @@ def _always(case: Case) -> bool:
     return True
 
 
-# The table. Sources: "forms grid" is `inverseflow bench --parity`'s forms section
-# (docs/benchmarks.md, "Issue 25"), "issue 18" the backward-forms table measured then; both
-# on an AMD EPYC (Zen 4, AVX-512), 2 cores. No GPU has been lent: the CUDA rows are reasoned,
-# not measured, and say so.
+# The table. "Grid" is `inverseflow bench --parity`'s forms section, measured 2026-12-05 on
+# an AMD EPYC (Zen 4, AVX-512, 2 cores) with the machine quiet, 2 threads, float32 unless
+# said (docs/results/forms-2026-12-05/, docs/benchmarks.md "Issue 25"); ratios are medians,
+# the losing form over the winning one. No GPU has been lent: the CUDA rows are reasoned, not
+# measured, and say so.
 RULES: tuple[Rule, ...] = (
     # -- the causal convolution (the sampling pass) --
     Rule("causal_conv", False, "padded_conv",
@@ -73,51 +74,65 @@ RULES: tuple[Rule, ...] = (
     Rule("causal_conv", True, "grouped",
          lambda c: c.device == "cuda",
          "not measured (no GPU lent): one grouped cuDNN call rather than 2^d launches"),
-    Rule("causal_conv", None, "kernel",
-         lambda c: c.dtype == torch.float64 and (c.specialized or c.dims < 3),
-         "forms grid: oneDNN's float64 convolution is a slow path; the generated kernel won "
-         "the float64 rows (up to 7x at 100x12x16x16)"),
-    Rule("causal_conv", True, "kernel",
-         lambda c: c.specialized or c.dims < 3,
-         "forms grid: one pass for every group beats 2^d convolutions and a concatenation "
-         "in 1-D and 2-D (quad at 100x12x16x16: 0.9 ms against 5.6 per group)"),
+    Rule("causal_conv", True, "kernel", _always,
+         "grid: one pass for every group beats 2^d convolutions and a concatenation at "
+         "every quad and pair row (100x12x16x16 quad 0.35 ms against 1.15 per group) and "
+         "oct (at most 1.03x per group's time at 8x16x16^3)"),
+    # (without the kernel: a masked tangent's Ṫx, forward-mode AD of the solve)
+    Rule("causal_conv", True, "grouped",
+         lambda c: c.batch > 1 and (c.group_channels <= 1 or c.dims == 1),
+         "grid, per_group and grouped columns: over a batch one grouped call wins at one "
+         "channel a group (100x4x16x16 quad 0.38 ms against 0.77) and for pair (32x16x256 "
+         "0.19 against 0.29)"),
     Rule("causal_conv", True, "per_group", _always,
-         "forms grid: for volumes without a specialized kernel oneDNN's 2^d conv3d calls win "
-         "(8x48x8x8x8 oct: 7.3 ms against 8.3 for the generic kernel)"),
+         "grid, per_group and grouped columns: at batch 1 and with more channels a group "
+         "the 2^d dense calls win (100x12x16x16 quad 1.15 ms against 1.76)"),
     Rule("causal_conv", False, "kernel",
-         lambda c: c.specialized and c.group_channels <= 12 and c.dims < 3,
-         "forms grid: the specialized kernel beats a padded copy and oneDNN's convolution up "
-         "to 12 channels (100x4x32x32 TL 1.4 ms against 6.4; 100x12x8x8 0.39 against 0.83)"),
-    Rule("causal_conv", False, "kernel",
-         lambda c: c.batch * c.positions <= 1024 and c.dims < 3,
-         "forms grid: up to 1024 pixels a call (batch 1) the kernel's call is cheaper than "
-         "a pad and a convolution, specialized or not"),
+         lambda c: c.dims == 2 and (c.dtype == torch.float64 or c.group_channels <= 12),
+         "grid: in 2-D up to 12 channels the kernel wins or ties (100x4x32x32 0.55-0.71 ms "
+         "against 1.06-1.38; 100x12x16x16 1.07-1.10x the padded conv, the worst), and in "
+         "float64 everywhere (oneDNN's float64 path: 100x12x16x16 1.0 ms against 3.4)"),
     Rule("causal_conv", False, "padded_conv", _always,
-         "forms grid: at 48 channels, and for larger unlisted shapes, oneDNN's convolution "
-         "wins (100x48x8x8 TL 5.4 ms against 8.6)"),
+         "grid: at 48 channels oneDNN's convolution wins (1x48x8x8 1.5-2.1x, 100x48x8x8 "
+         "1.4x; at 100x48x32x32 it is 1.08x the kernel), and in 1-D and 3-D (1x16x64 L: "
+         "1.85x; 8x48x8^3: 3.3x; 32x16x256 L: the kernel 1.17x faster)"),
     # -- its adjoint (forward-mode AD of the transposed solve); corners have one form --
     Rule("causal_conv_adjoint", True, "grouped",
          lambda c: c.device == "cuda",
          "not measured (no GPU lent): one grouped cuDNN call rather than 2^d launches"),
     Rule("causal_conv_adjoint", True, "grouped",
-         lambda c: c.batch > 1 and c.group_channels <= 8,
-         "forms grid: over a batch, with up to 8 channels a group, one grouped call beats "
-         "2^d (100x12x16x16 quad 8.1 ms against 12.4)"),
-    Rule("causal_conv_adjoint", True, "per_group", _always,
-         "forms grid: at batch 1, and with more channels a group, 2^d dense transposed "
-         "convolutions win"),
+         lambda c: c.dims == 3,
+         "grid: every oct row (8x16x16^3: 7.3 ms against 18.2 per group)"),
+    Rule("causal_conv_adjoint", True, "per_group",
+         lambda c: c.batch == 1 and c.channels * c.positions < 8192,
+         "grid: at batch 1 below 8192 values the 2^d small calls beat the grouped call's "
+         "set-up (1x4x4x4 quad 0.056 ms against 0.103); over a batch they do not (100x4x4x4 "
+         "0.49 against 0.16)"),
+    Rule("causal_conv_adjoint", True, "per_group",
+         lambda c: c.group_channels >= 12 and c.batch * c.positions >= 25600,
+         "grid: with 12 channels a group over 25600 pixels oneDNN's grouped transposed "
+         "convolution falls behind (100x48x32x32: 20.9 ms per group against 29.5)"),
+    Rule("causal_conv_adjoint", True, "grouped", _always,
+         "grid: otherwise one grouped call (100x12x16x16 quad 1.7 ms against 2.6)"),
     # -- the weight gradient (the backward of every solve); corners have one form --
     Rule("conv_weight_grad", True, "padded",
          lambda c: c.device == "cuda",
          "not measured (no GPU lent): the form with the fewest multiply-adds"),
     Rule("conv_weight_grad", True, "block_diagonal",
-         lambda c: c.dims == 2 and c.group_channels <= 4 and c.batch > 1,
-         "issue 18 (2 threads): at small C the dense kernel beats 2^d small ones despite "
-         "2^d x the multiply-adds (64x4x8x8 quad 1.10 -> 0.40 ms, 64x16x8x8 1.52 -> 0.92)"),
+         lambda c: c.bytes <= _weight_grad_chunk_bytes(),
+         "grid: while the input fits one chunk (512 KiB, no batch chunks) the one dense "
+         "call beats 2^d small ones despite 2^d x the multiply-adds (64x4x8x8 quad 0.21 ms "
+         "against 0.52, 32x16x256 pair 0.27 against 0.33, 1x16x8^3 oct 0.33 against 0.42)"),
     Rule("conv_weight_grad", None, "padded", _always,
-         "issue 18 and forms grid: the padded copy per group is the fastest at C >= 12 "
-         "(64x12x16x16 quad 2.34 ms against 8.62 block-diagonal; 16x48x32x32 12 against 69)"),
+         "grid: above one chunk the padded copy per group wins (64x12x16x16 quad 1.46 ms "
+         "against 2.19; 8x48x8^3 oct 3.2 against 12.9)"),
 )
+
+
+def _weight_grad_chunk_bytes() -> int:
+    from ._geometry import WEIGHT_GRAD_CHUNK_BYTES   # the geometry imports this module
+
+    return WEIGHT_GRAD_CHUNK_BYTES
 
 
 def pick(op: str, order: str, candidates, args) -> str:
