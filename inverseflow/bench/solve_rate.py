@@ -62,7 +62,7 @@ def _variants(batch, channels, height, width, dtype):
                                                                        force_generic=True),
                     groups, None)
         if order == "TL":
-            padded = F.pad(y, _geometry.padding("TL", KERNEL, KERNEL))
+            padded = F.pad(y, _geometry.padding("TL", (KERNEL, KERNEL)))
             out["TL oneDNN conv2d"] = (lambda p=padded, w=weight: F.conv2d(p, w), 1, None)
     return out
 
