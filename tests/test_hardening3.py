@@ -208,6 +208,27 @@ def test_a_wider_dtype_that_overflows_on_load_is_refused_naming_the_tensor(tmp_p
     assert not png.exists()
 
 
+def test_optimizer_state_that_overflows_on_resume_is_refused(tmp_path):
+    """The same cast in the optimizer's state: Adam's moments stored as float64 1e300 are
+    finite in the file and inf once load_state_dict casts them; --resume must refuse, not
+    diverge."""
+    from inverseflow.train import TrainConfig, train
+    from inverseflow.train.checkpoint import CheckpointError, save_checkpoint
+
+    config = dict(dataset="digits", out=str(tmp_path), flow_steps=1, coupling_width=16,
+                  batch_size=32, eval_limit=32, num_samples=4, progress=False,
+                  checkpoint_every=2)
+    train(TrainConfig(steps=2, **config))
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    moments = state["optimizer"]["state"][0]["exp_avg"].double()
+    moments.view(-1)[0] = 1e300
+    state["optimizer"]["state"][0]["exp_avg"] = moments
+    save_checkpoint(state, path)
+    with pytest.raises(CheckpointError, match=r"optimizer state 0: exp_avg"):
+        train(TrainConfig(steps=4, resume=True, **config))
+
+
 # ----------------------------------------------------- 5. export: temperature and parity
 
 def test_export_refuses_a_temperature_beyond_the_model_dtype(tmp_path):

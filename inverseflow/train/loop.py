@@ -251,6 +251,7 @@ def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None
             raise CheckpointError(f"{ckpt_path} is malformed: its optimizer state does not "
                                   f"fit the model ({type(exc).__name__}: {clip(exc, 400)})"
                                   ) from None
+        _check_optimizer_state(optimizer, ckpt_path)
         mixed.load_state_dict(state.get("grad_scaler"))   # fp16's loss scale, for an exact replay
         if config.benchmark:
             # The forms the killed process had timed, so that the resume continues as it
@@ -411,6 +412,21 @@ def _train(config: TrainConfig, device, ctx, interrupt=None, command_fields=None
                                   for b in (1, min(100, config.eval_batch_size))}
     save_json(metrics, out / "metrics.json")
     return metrics
+
+
+def _check_optimizer_state(optimizer, path) -> None:
+    """The optimizer's state must be finite after ``load_state_dict`` cast it to the
+    parameters' dtype (a float64 1e300 in Adam's moments is finite in the file and inf in
+    float32): a healthy run never saves one, and resuming from it would only diverge."""
+    named = [(f"optimizer state {index}: {key}", value)
+             for index, (param_state) in enumerate(optimizer.state.values())
+             for key, value in param_state.items() if isinstance(value, torch.Tensor)]
+    if not guards.all_finite(tensor for _, tensor in named):
+        bad = guards.nonfinite_names(named)
+        raise CheckpointError(f"{path} holds NaN or infinite values in its optimizer state "
+                              f"({', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''}, "
+                              "after the cast to the parameters' dtype): it cannot be resumed; "
+                              "use an earlier checkpoint")
 
 
 def restore_model(state: dict, path, device="cpu"):
