@@ -289,12 +289,10 @@ def test_the_rule_covers_every_op_order_and_dimension_with_a_choice(device, dtyp
     for op, dims, order, candidates in _candidate_sets():
         if len(candidates) < 2:
             continue
-        for batch, channels, size, specialized in ((1, 8, 2, True), (1, 48, 32, False),
-                                                  (100, 16, 16, True), (100, 64, 8, False)):
+        for batch, channels, size in ((1, 8, 2), (1, 48, 32), (100, 16, 16), (100, 64, 8)):
             case = _form_rules.Case(op=op, group_pattern=_geometry.is_group_pattern(order),
                                     dims=dims, device=device, dtype=dtype, batch=batch,
-                                    channels=channels, positions=size ** dims,
-                                    specialized=specialized, isa="AVX2")
+                                    channels=channels, positions=size ** dims, isa="AVX2")
             assert _form_rules.rule_for(case, candidates).form in candidates, (op, order, case)
 
 

@@ -61,12 +61,7 @@ def case(op: str, order: str, batch: int, channels: int, size: int, dims: int = 
     return {"op": op, "order": order, "dims": dims, "dtype": str(dtype).removeprefix("torch."),
             "shape": list(x.shape), "median_ms": ms, "rule": rule, "fastest": fastest,
             "benchmark_choice": measured, "rule_over_fastest": ms[rule] / ms[fastest],
-            "case": _described(op, order, args)}
-
-
-def _described(op, order, args) -> dict:
-    described = _form_rules.describe(op, order, args)
-    return {"specialized": described.specialized, "isa": described.isa}
+            "isa": _form_rules.describe(op, order, args).isa}
 
 
 def run(quick: bool = False, device: str = "cpu", log=print) -> list[dict]:

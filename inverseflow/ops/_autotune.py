@@ -36,7 +36,7 @@ clock = time.perf_counter   # replaced by tests to inject a timer
 
 _choices: dict[tuple, str] = {}        # benchmark mode's measured choices
 _rule_choices: dict[tuple, str] = {}   # the rule's, remembered: the batch-1 sampling pass
-                                       # calls this per layer, and the rule reads a few tables
+                                       # calls this per layer
 
 
 def choose(op: str, order: str, candidates: dict, *args: torch.Tensor) -> str:
@@ -58,11 +58,6 @@ def choose(op: str, order: str, candidates: dict, *args: torch.Tensor) -> str:
             candidates, args, prefer=_form_rules.pick(op, order, candidates, args))[0]
     return choice
 
-
-def rules_changed() -> None:
-    """Forgets the rule's remembered picks: a fact it reads changed (a kernel was
-    specialized at run time)."""
-    _rule_choices.clear()
 
 
 def choice_key(op: str, order: str, candidates, args) -> tuple:

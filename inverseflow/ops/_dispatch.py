@@ -14,11 +14,9 @@ that hears of every shape that ran the generic kernel.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from . import _autotune, _backends
+from . import _backends
 from ._validate import check_conv_args
 
 # Shared with csrc/invconv/common.h (enum Pattern): a corner of a lower dimension is the
@@ -52,30 +50,6 @@ def register_runtime_module(device_type: str, kernel3d: tuple[int, int, int],
     device type to a module built at run time: every corner and group pattern of that group
     size then runs it."""
     _runtime_modules[(device_type, *kernel3d, group_size)] = module
-    _autotune.rules_changed()   # the fixed rule reads which shapes are specialized
-
-
-def is_specialized(device_type: str, kernel: tuple, channels: int, order: str,
-                   dtype: torch.dtype, direction: int = CONV) -> bool:
-    """Whether a specialized kernel (built, or compiled at run time) serves this layer shape
-    on this device type in ``direction``: a fact of the build, which the fixed rule of
-    ``_form_rules`` may use (it runs no kernel and reads no clock)."""
-    kd, kh, kw = (1,) * (3 - len(kernel)) + tuple(kernel)
-    group = group_channels(channels, order)
-    if (device_type, kd, kh, kw, group) in _runtime_modules:
-        return True
-    return (kd, kh, kw, group, DTYPE_CODE.get(dtype), direction) in _specialized_shapes(
-        device_type)
-
-
-@functools.lru_cache(maxsize=None)
-def _specialized_shapes(device_type: str) -> frozenset:
-    try:
-        module = _backends.module_for(device_type)
-    except RuntimeError:   # not built: nothing is specialized
-        return frozenset()
-    return frozenset((e["kd"], e["kh"], e["kw"], e["group_channels"], e["dtype"],
-                      e["direction"]) for e in module.specializations())
 
 
 def set_unspecialized_hook(hook) -> None:

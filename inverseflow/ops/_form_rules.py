@@ -1,7 +1,10 @@
 """The fixed rule that picks one of an op's equal forms (DESIGN §16), like cuDNN's heuristics
 with ``torch.backends.cudnn.benchmark = False``: from what is known without a clock (the op,
 whether the order is a corner or a group pattern, the dimension, the device, the dtype, the
-shapes, whether a specialized kernel is built for the layer, and the CPU's instruction set).
+shapes, and the CPU's instruction set). Whether a layer shape has a specialized kernel is not
+among them: since issue 27 every corner and group pattern of a listed group size is
+specialized, and the generic kernel runs within about 1.1× of it (1.07 at 64×12×16², two
+threads; docs/benchmarks.md, issue 27).
 Same inputs, same form, in every process: so the same command gives the same bits.
 
 The table :data:`RULES` is the whole rule. Its rows are read top to bottom; the first row of
@@ -36,7 +39,6 @@ class Case:
     batch: int
     channels: int
     positions: int        # pixels (voxels) per channel: the product of the spatial sizes
-    specialized: bool     # a specialized kernel (built or JIT-compiled) serves the layer
     isa: str              # the CPU's vector instruction set as oneDNN sees it ("AVX512")
 
     @property
@@ -156,21 +158,10 @@ def describe(op: str, order: str, args) -> Case:
     from ._geometry import is_group_pattern   # the geometry imports this module
 
     data = args[0]
-    dims = data.dim() - 2
-    kernel = tuple(args[1].shape[2:]) if op != "conv_weight_grad" else None
-    return Case(op=op, group_pattern=is_group_pattern(order), dims=dims,
+    return Case(op=op, group_pattern=is_group_pattern(order), dims=data.dim() - 2,
                 device=data.device.type, dtype=data.dtype, batch=int(data.shape[0]),
                 channels=int(data.shape[1]), positions=math.prod(int(n) for n in data.shape[2:]),
-                specialized=(kernel is not None
-                             and _specialized(data.device.type, kernel, int(data.shape[1]), order,
-                                              data.dtype)),
                 isa=_isa())
-
-
-def _specialized(device_type: str, kernel: tuple, channels: int, order: str, dtype) -> bool:
-    from . import _dispatch
-
-    return _dispatch.is_specialized(device_type, kernel, channels, order, dtype)
 
 
 @functools.lru_cache(maxsize=None)

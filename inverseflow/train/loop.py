@@ -419,7 +419,7 @@ def _check_optimizer_state(optimizer, path) -> None:
     parameters' dtype (a float64 1e300 in Adam's moments is finite in the file and inf in
     float32): a healthy run never saves one, and resuming from it would only diverge."""
     named = [(f"optimizer state {index}: {key}", value)
-             for index, (param_state) in enumerate(optimizer.state.values())
+             for index, param_state in enumerate(optimizer.state.values())
              for key, value in param_state.items() if isinstance(value, torch.Tensor)]
     if not guards.all_finite(tensor for _, tensor in named):
         bad = guards.nonfinite_names(named)
