@@ -43,15 +43,12 @@ def choose(op: str, order: str, candidates: dict, *args: torch.Tensor) -> str:
     """The name of the form of ``op`` (one of :data:`._form_rules.OPS`) to run on ``args``,
     among ``candidates`` (name -> fn(*args)): the rule's, or in benchmark mode the fastest
     measured for this shape."""
+    key = choice_key(op, order, candidates, args)
     if not backends.benchmark_active():
-        first = args[0]
-        key = (op, order, tuple(candidates), first.dtype, first.device.type,
-               *(a.shape for a in args))
         rule = _rule_choices.get(key)
         if rule is None:
             rule = _rule_choices[key] = _form_rules.pick(op, order, candidates, args)
         return rule
-    key = choice_key(op, order, candidates, args)
     choice = _choices.get(key)
     if choice not in candidates:   # first use of the shape
         choice = _choices[key] = measure(
@@ -59,13 +56,12 @@ def choose(op: str, order: str, candidates: dict, *args: torch.Tensor) -> str:
     return choice
 
 
-
 def choice_key(op: str, order: str, candidates, args) -> tuple:
-    """What a remembered choice is keyed by: plain strings and ints, so that checkpoints can
-    hold it as data."""
+    """What a choice is remembered by, in either mode: strings and shapes (``torch.Size``
+    is a tuple of ints), so that checkpoints can hold benchmark mode's as data."""
     first = args[0]
     return (op, order, tuple(sorted(candidates)), first.device.type, str(first.dtype),
-            tuple(tuple(int(n) for n in a.shape) for a in args))
+            tuple(a.shape for a in args))
 
 
 def measure(candidates: dict, args, prefer: str | None = None, seed: int = 0
